@@ -1,0 +1,113 @@
+"""The `kdistill` command line: parse, build, call. Errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import NoReturn
+
+from kdistill import __version__
+from kdistill.errors import KdistillError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"kdistill: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _parse_pairs(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise KdistillError(f"--data {pair!r} must look like key=value, e.g. --data root=/path/to/data")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kdistill", description="Knowledge distillation: train a small student to imitate a large teacher, and measure what it bought.")
+    parser.add_argument("--version", action="version", version=f"kdistill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    q = sub.add_parser("quickstart", help="teacher, student alone and distilled student on digits; prints the table")
+    q.add_argument("--out", default="runs/quickstart", help="directory for the three runs and the report (default: runs/quickstart)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier quickstart in --out")
+    q.add_argument("--progress", action="store_true", help="show per-epoch progress")
+
+    for name, text in (("train", "train `model` on `data` with labels only (teachers, baselines)"),
+                       ("distill", "train `student` from `teacher` on `data`")):
+        p = sub.add_parser(name, help=text, description=text + ". Overrides are dotted key=value pairs, e.g. train.epochs=3 distill.temperature=2.")
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of config keys")
+        p.add_argument("--overwrite", action="store_true", help="replace a finished (or different unfinished) run in `out`")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("evaluate", help="accuracy + efficiency of one trained model")
+    e.add_argument("run_dir", help="a run directory written by train or distill")
+    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--data", action="append", default=[], metavar="key=value", help="override a data setting, e.g. --data root=/other/copy")
+    return parser
+
+
+def _cmd_train_or_distill(args: argparse.Namespace) -> None:
+    from kdistill.config import DistillRunConfig, TrainRunConfig, load_config
+    from kdistill.report import format_table
+    from kdistill.runner import run_distill, run_train
+
+    kind = TrainRunConfig if args.command == "train" else DistillRunConfig
+    cfg = load_config(args.config, args.overrides, kind)
+    t0 = time.perf_counter()
+    run = run_train if args.command == "train" else run_distill
+    row = run(cfg, overwrite=args.overwrite, progress=not args.quiet)
+    print(format_table([row]))
+    print(f"run directory: {cfg.out_dir()}  ({time.perf_counter() - t0:.1f} s)")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from kdistill.report import format_table
+    from kdistill.runner import evaluate_run
+
+    row = evaluate_run(args.run_dir, split=args.split, data_overrides=_parse_pairs(args.data))
+    print(format_table([row]))
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from kdistill.quickstart import run_quickstart
+    from kdistill.report import format_table
+
+    t0 = time.perf_counter()
+    rows = run_quickstart(args.out, overwrite=args.overwrite, progress=args.progress)
+    print()
+    print(format_table(rows))
+    print(f"\nreport: {args.out}/report.json, {args.out}/report.md  (quickstart took {time.perf_counter() - t0:.1f} s)")
+
+
+COMMANDS = {"train": _cmd_train_or_distill, "distill": _cmd_train_or_distill, "evaluate": _cmd_evaluate, "quickstart": _cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        COMMANDS[args.command](args)
+    except KdistillError as exc:
+        sys.stderr.write(f"kdistill: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("kdistill: interrupted; run the same command again to resume from the last completed epoch\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

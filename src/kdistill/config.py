@@ -1,0 +1,200 @@
+"""Run configuration: YAML files validated by pydantic, with dotted `key=value` overrides.
+
+Unknown keys are errors. A config only holds data (strings, numbers, lists, mappings):
+it is read with `yaml.safe_load`, so it can never import or run code.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdistill.errors import KdistillError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Which data set to load and how to batch it."""
+
+    name: str = "digits"
+    root: str | None = None
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    augment: list[str] = Field(default_factory=list)
+
+
+class ModelSpec(BaseModel):
+    """A zoo model: `name` plus the keyword arguments of its constructor (checked at build time)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    """Optimisation budget and schedule."""
+
+    epochs: int = Field(20, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    step_size: int = Field(10, ge=1, description="epochs between lr decays (scheduler: step)")
+    gamma: float = Field(0.1, gt=0, le=1, description="lr decay factor (scheduler: step)")
+    warmup_epochs: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class DistillConfig(BaseModel):
+    """`method` picks the Method; every other key is a hyperparameter of that method.
+
+    The method validates its own hyperparameters (unknown ones are named in the error).
+    """
+
+    model_config = ConfigDict(extra="allow")
+    method: str = "kd"
+    teacher_outputs: Literal["live"] = "live"
+
+    def method_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class _RunConfig(_Strict):
+    name: str
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    out: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, value: str) -> str:
+        if not value or "/" in value or value in {".", ".."}:
+            raise ValueError("must be a non-empty name without '/'")
+        return value
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+    def sha256(self) -> str:
+        return config_sha256(self)
+
+
+class TrainRunConfig(_RunConfig):
+    """`kdistill train`: one model on labels only (a teacher, or a student trained alone)."""
+
+    model: ModelSpec
+    role: Literal["teacher", "student"] = "teacher"
+
+
+class DistillRunConfig(_RunConfig):
+    """`kdistill distill`: a student taught by a teacher run directory."""
+
+    teacher: str
+    student: ModelSpec
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+
+def config_sha256(config: BaseModel) -> str:
+    """Hash of the resolved config (canonical JSON), recorded in reports."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader; errors are one-line KdistillErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdistillError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KdistillError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise KdistillError(f"{path}: a config must be a YAML mapping of keys to values")
+    return loaded
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML scalars/lists (`[64, 32]`, `true`)."""
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise KdistillError(f"override {item!r} must look like key.path=value, e.g. train.epochs=3")
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError:
+            value = text
+        node = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise KdistillError(f"override {item!r}: {prefix} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line naming the key(s) at fault."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        elif err["type"] == "missing":
+            parts.append(f"missing key '{loc}'")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            parts.append(f"{loc}: {err['msg'].lower()}{shown}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_config(
+    path: str | Path, overrides: list[str], kind: type[_RunConfig]
+) -> _RunConfig:
+    """Read, override and validate a run config of the given kind (TrainRunConfig or DistillRunConfig)."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    raw.setdefault("name", Path(path).stem)
+    return validate_config(raw, kind, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], kind: type[_RunConfig], source: str = "config") -> _RunConfig:
+    """Validate a raw mapping; a wrong kind of config (train vs distill) gets a pointed message."""
+    if kind is TrainRunConfig and "model" not in raw and "student" in raw:
+        raise KdistillError(f"{source}: this is a distill config (it has 'student'); run `kdistill distill`")
+    if kind is DistillRunConfig and "student" not in raw and "model" in raw:
+        raise KdistillError(f"{source}: this is a train config (it has 'model'); run `kdistill train`")
+    try:
+        return kind.model_validate(raw)
+    except ValidationError as exc:
+        raise KdistillError(format_validation_error(exc, source)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, exactly what ran."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

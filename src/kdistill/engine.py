@@ -1,0 +1,212 @@
+"""The training loop, shared by `train` (labels only) and `distill` (teacher + student).
+
+Read top to bottom: build optimiser and schedule, resume if a checkpoint exists, then per
+epoch: shuffle (seeded by epoch), forward the student in train mode, ask the frozen
+teacher for its logits, let the Method turn them into weighted loss terms, sum, step;
+validate in eval mode; write metrics, weights, and the resume checkpoint last (the
+commit point), so a run killed anywhere restarts from its last completed epoch and ends
+with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kdistill.config import TrainConfig
+from kdistill.data.splits import Batch, DataSplits, iterate_batches
+from kdistill.inference import accuracy, predict_logits
+from kdistill.methods.base import Method
+from kdistill.models import save_weights
+from kdistill.teachers import FrozenTeacher
+
+CHECKPOINT = "state/checkpoint.pt"
+METRICS = "metrics.jsonl"
+BEST = "model.safetensors"
+LAST = "last.safetensors"
+
+
+@dataclass
+class FitResult:
+    best_val_accuracy: float
+    best_epoch: int
+    epochs: int
+    resumed_from_epoch: int
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimiser step `step`: linear warm-up, then cosine/step/constant."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.scheduler == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        return 1.0
+
+    return factor
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def _completed_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metric lines of epochs that were not committed (a run killed after logging them)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def fit(
+    student: nn.Module,
+    method: Method,
+    data: DataSplits,
+    cfg: TrainConfig,
+    *,
+    run_dir: Path,
+    seed: int,
+    batch_size: int,
+    eval_batch_size: int = 512,
+    teacher: FrozenTeacher | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train `student` with `method` (and `teacher`, if the method needs one); write the run directory."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    (run_dir / "state").mkdir(parents=True, exist_ok=True)
+    if method.needs_teacher and teacher is None:
+        raise ValueError(f"method {method.name!r} needs a teacher")
+    trainable = list(student.parameters()) + list(method.parameters())
+    if teacher is not None:
+        teacher_ids = {id(p) for p in teacher.model.parameters()}
+        if any(id(p) in teacher_ids for p in trainable):
+            raise ValueError("the student shares parameters with the frozen teacher")
+
+    n_train = len(data.train)
+    drop_last = n_train % batch_size == 1  # a lone last sample breaks BatchNorm in train mode
+    batches_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    optimizer = build_optimizer(cfg, trainable)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+
+    start_epoch, best_acc, best_epoch = 0, -1.0, 0
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        student.load_state_dict(ckpt["student"])
+        method.load_state_dict(ckpt["method"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_val_accuracy"], ckpt["best_epoch"]
+    _completed_metrics(run_dir / METRICS, start_epoch)
+
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        student.train()
+        method.train()
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        sums: dict[str, float] = {}
+        seen = correct = 0
+        bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if progress else True, unit="batch")
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(iterate_batches(data.train, batch_size, shuffle=True, generator=generator, drop_last=drop_last)):
+            if augment is not None:
+                batch = Batch(augment(batch.inputs, generator), batch.labels, batch.index)
+            with autocast():
+                student_logits = student(batch.inputs)
+                teacher_logits = teacher(batch.inputs) if method.needs_teacher else None
+                terms = method(batch, student_logits, teacher_logits)
+            loss = sum(terms.values())
+            (loss / cfg.grad_accum).backward()
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == batches_per_epoch:
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            n = batch.labels.shape[0]
+            seen += n
+            correct += int((student_logits.detach().argmax(-1) == batch.labels).sum())
+            for key, value in {"loss": loss, **terms}.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
+            bar.update(1)
+            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()} | {"samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+
+        student.eval()
+        val_acc = accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{k: v / seen for k, v in sums.items()},
+                  "train_accuracy": correct / seen, "val_accuracy": val_acc, "seconds": train_seconds,
+                  "samples_per_s": seen / train_seconds}
+        with open(run_dir / METRICS, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        save_weights(student, run_dir / LAST)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch + 1
+            save_weights(student, run_dir / BEST)
+        # The commit point: once this file is replaced, epoch + 1 is complete.
+        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+        torch.save({"epoch": epoch + 1, "best_val_accuracy": best_acc, "best_epoch": best_epoch,
+                    "student": student.state_dict(), "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state()}, tmp)
+        tmp.replace(ckpt_path)
+        if progress:
+            terms_text = " ".join(f"{k}={v / seen:.4f}" for k, v in sums.items())
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} {terms_text} train_acc={correct / seen:.4f} "
+                       f"val_acc={val_acc:.4f} {seen / train_seconds:.0f} samples/s")
+    student.eval()
+    return FitResult(best_acc, best_epoch, cfg.epochs, start_epoch, time.perf_counter() - started)

@@ -1,0 +1,8 @@
+"""The one exception type that the CLI turns into `kdistill: error: ...` and exit code 2."""
+
+
+class KdistillError(Exception):
+    """A user-facing error: bad input, a missing file, an impossible configuration.
+
+    The message is one line that says what is wrong and, where possible, how to fix it.
+    """

@@ -1,0 +1,22 @@
+"""Batched inference helpers (no autograd, model left in whatever mode the caller set)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for all `inputs`, computed in chunks under inference_mode."""
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, inputs.shape[0], batch_size):
+            outputs.append(model(inputs[start : start + batch_size]).float())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax equals the label."""
+    if labels.numel() == 0:
+        return float("nan")
+    return float((logits.argmax(-1) == labels).float().mean())

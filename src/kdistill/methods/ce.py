@@ -1,0 +1,26 @@
+"""Plain supervised training: cross-entropy on the labels (teachers, students trained alone)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from kdistill.data.splits import Batch
+from kdistill.methods.base import Method, MethodParams, register
+
+
+class CEParams(MethodParams):
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+@register
+class CrossEntropy(Method):
+    """{"ce": CE(student, labels)} — no teacher."""
+
+    name = "ce"
+    Params = CEParams
+    needs_teacher = False
+
+    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(student_logits.float(), batch.labels, label_smoothing=self.params.label_smoothing)}

@@ -1,0 +1,53 @@
+"""Hinton knowledge distillation (Hinton, Vinyals & Dean 2015).
+
+Default weights follow `distillation_loss`: alpha on the hard-label CE, (1 - alpha) on
+T²·KL. `hard_weight` / `soft_weight` replace that pair with two free weights and
+`t_squared: false` drops T², which together express the labml recipe
+(`soft_weight: 100, hard_weight: 0.5, t_squared: false`) through the same code path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from kdistill.data.splits import Batch
+from kdistill.losses import kd_loss
+from kdistill.methods.base import Method, MethodParams, register
+
+
+class KDParams(MethodParams):
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.1, ge=0.0, le=1.0, description="weight of the hard-label CE; soft term gets 1 - alpha")
+    hard_weight: float | None = Field(None, ge=0.0, description="overrides alpha for the CE term")
+    soft_weight: float | None = Field(None, ge=0.0, description="overrides 1 - alpha for the KD term")
+    t_squared: bool = True
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "KDParams":
+        if (self.hard_weight is None) != (self.soft_weight is None):
+            raise ValueError("give both hard_weight and soft_weight, or neither (then alpha sets them)")
+        return self
+
+    def weights(self) -> tuple[float, float]:
+        if self.hard_weight is not None and self.soft_weight is not None:
+            return self.hard_weight, self.soft_weight
+        return self.alpha, 1.0 - self.alpha
+
+
+@register
+class KD(Method):
+    """{"ce": w_hard · CE, "kd": w_soft · [T²·]KL(p_t^T ‖ p_s^T)}."""
+
+    name = "kd"
+    Params = KDParams
+
+    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        p = self.params
+        hard_w, soft_w = p.weights()
+        terms = {}
+        if hard_w > 0:
+            terms["ce"] = hard_w * F.cross_entropy(student_logits.float(), batch.labels)
+        terms["kd"] = soft_w * kd_loss(student_logits, teacher_logits, p.temperature, t_squared=p.t_squared)
+        return terms

@@ -1,0 +1,89 @@
+"""Model zoo by name. A model is rebuilt from `model.json` (name + kwargs + data shape)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kdistill.errors import KdistillError
+from kdistill.models.cnn import CNN
+from kdistill.models.mlp import MLP
+
+ZOO: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN}
+_SHAPE_ARGS = ("input_shape", "num_classes")
+
+
+def build_model(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, where: str = "model") -> nn.Module:
+    """Build zoo model `name`; unknown or wrongly typed kwargs are a KdistillError naming them."""
+    factory = ZOO.get(name)
+    if factory is None:
+        raise KdistillError(f"{where}.name: unknown model {name!r} (known: {', '.join(sorted(ZOO))})")
+    params = inspect.signature(factory).parameters
+    allowed = [p for p in params if p not in _SHAPE_ARGS]
+    for key in kwargs:
+        if key not in allowed:
+            raise KdistillError(f"{where}.{key}: not an argument of model {name!r} (arguments: {', '.join(allowed)})")
+    try:
+        return factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise KdistillError(f"{where}: cannot build {name!r} with {kwargs}: {exc}") from None
+
+
+def model_spec(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], classes: list[str]) -> dict[str, Any]:
+    """What `model.json` holds: enough to rebuild the architecture without the config."""
+    return {"name": name, "kwargs": kwargs, "input_shape": list(input_shape), "num_classes": len(classes), "classes": classes}
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Write the state dict as safetensors, atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights; a missing, corrupt or mismatched file is a KdistillError."""
+    if not path.is_file():
+        raise KdistillError(f"checkpoint not found: {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise KdistillError(f"{path}: corrupt checkpoint ({exc}); retrain or restore the file") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0:2]
+        raise KdistillError(f"{path}: weights do not fit the architecture in model.json ({' '.join(first)})") from None
+
+
+def load_run_model(run_dir: str | Path, weights: str = "model.safetensors") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a run's model from `model.json` and load its weights (eval mode)."""
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "model.json"
+    if not run_dir.is_dir():
+        raise KdistillError(f"run directory not found: {run_dir}")
+    if not spec_path.is_file():
+        raise KdistillError(f"{run_dir} is not a kdistill run directory (no model.json)")
+    try:
+        spec = json.loads(spec_path.read_text())
+        name, kwargs, shape, classes = spec["name"], spec["kwargs"], spec["input_shape"], spec["classes"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise KdistillError(f"{spec_path}: corrupt model description ({exc})") from None
+    model = build_model(name, kwargs, tuple(shape), len(classes), where=str(spec_path))
+    load_weights(model, run_dir / weights)
+    return model.eval(), spec
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ZOO", "build_model", "model_spec", "save_weights", "load_weights", "load_run_model", "count_params"]

@@ -1,0 +1,140 @@
+"""Evaluation of trained models: accuracy and efficiency, as report rows and a printed table.
+
+A report row (the `report.json` schema): name, role (teacher|student|distilled), dataset,
+split, accuracy, params, size_bytes, latency_ms {batch, median, mean, std, p10, p90,
+repeats, threads}, throughput_per_s {batch, value}, agreement_with_teacher (students),
+seeds, config_sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdistill.inference import accuracy, predict_logits
+from kdistill.models import count_params
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, *, warmup: int = 10, repeats: int = 50) -> dict[str, Any]:
+    """Wall-clock of single forward passes on `example` (one real input batch), in ms.
+
+    Warm-up calls are discarded; each repeat is timed on its own so the median and the
+    spread (std, p10/p90) describe the distribution, not just its mean.
+    """
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(example)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(example)
+            times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    return {
+        "batch": int(example.shape[0]),
+        "median": statistics.median(times),
+        "mean": statistics.fmean(times),
+        "std": statistics.pstdev(times),
+        "p10": times[int(0.1 * (len(times) - 1))],
+        "p90": times[int(0.9 * (len(times) - 1))],
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def measure_throughput(model: nn.Module, inputs: torch.Tensor, *, batch: int = 256, repeats: int = 5) -> dict[str, Any]:
+    """Samples per second at a large batch (median of `repeats` timed passes after one warm-up)."""
+    model.eval()
+    batch = min(batch, inputs.shape[0])
+    x = inputs[:batch]
+    rates = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            rates.append(batch / (time.perf_counter() - t0))
+    return {"batch": batch, "value": statistics.median(rates), "threads": torch.get_num_threads()}
+
+
+def evaluate_model(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    name: str,
+    role: str,
+    dataset: str,
+    split: str,
+    weights_path: Path | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    seeds: list[int] | None = None,
+    config_sha256: str | None = None,
+    latency_repeats: int = 50,
+) -> dict[str, Any]:
+    """One report row for `model` on (inputs, labels)."""
+    model.eval()
+    logits = predict_logits(model, inputs)
+    row: dict[str, Any] = {
+        "name": name,
+        "role": role,
+        "dataset": dataset,
+        "split": split,
+        "samples": int(labels.shape[0]),
+        "accuracy": accuracy(logits, labels),
+        "params": count_params(model),
+        "size_bytes": weights_path.stat().st_size if weights_path is not None and weights_path.exists() else None,
+        "latency_ms": measure_latency(model, inputs[:1], repeats=latency_repeats),
+        "throughput_per_s": measure_throughput(model, inputs),
+        "agreement_with_teacher": None,
+        "seeds": seeds or [],
+        "config_sha256": config_sha256,
+    }
+    if teacher_logits is not None:
+        row["agreement_with_teacher"] = float((logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
+    return row
+
+
+def write_report(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write `{"rows": [...]}` atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of report rows (what the CLI prints)."""
+    header = ["model", "role", "accuracy", "params", "size", "latency b=1 (ms)", "throughput (/s)", "agree w/ teacher"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lat = r["latency_ms"]
+        agree = r.get("agreement_with_teacher")
+        cells = [
+            r["name"], r["role"], f"{100 * r['accuracy']:.2f}%", f"{r['params']:,}", _size(r.get("size_bytes")),
+            f"{lat['median']:.3f} ± {lat['std']:.3f}", f"{r['throughput_per_s']['value']:,.0f}",
+            "-" if agree is None else f"{100 * agree:.2f}%",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    threads = {r["latency_ms"]["threads"] for r in rows}
+    lines.append("")
+    lines.append(f"split: {rows[0]['split']} ({rows[0]['samples']} samples of {rows[0]['dataset']}); "
+                 f"latency: median ± std of {rows[0]['latency_ms']['repeats']} batch-1 passes, "
+                 f"{'/'.join(str(t) for t in sorted(threads))} thread(s); throughput at batch {rows[0]['throughput_per_s']['batch']}")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""What `kdistill train`, `distill` and `evaluate` do: config -> data, models -> engine -> run dir -> report.
+
+Everything that can be wrong with the user's input is checked before the run directory
+is touched (data loads, models build, a dry forward pass of student, teacher and method).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from kdistill.config import DistillRunConfig, TrainRunConfig, dump_config, validate_config
+from kdistill.data import DataSplits, load_dataset
+from kdistill.data.augment import build_augmentation
+from kdistill.data.splits import Batch
+from kdistill.engine import BEST, fit, seed_everything
+from kdistill.errors import KdistillError
+from kdistill.inference import predict_logits
+from kdistill.methods import Method, build_method
+from kdistill.models import build_model, load_run_model, load_weights, model_spec
+from kdistill.report import evaluate_model, write_report
+from kdistill.rundir import prepare_run_dir
+from kdistill.teachers import FrozenTeacher, load_teacher
+
+
+def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, data: DataSplits) -> None:
+    """Run two training samples through everything, so shape errors surface before any file is written."""
+    batch = Batch(data.train.inputs[:2], data.train.labels[:2], torch.arange(2))
+    state = {k: v.clone() for k, v in student.state_dict().items()}  # BatchNorm stats must not move
+    student.train()
+    try:
+        logits = student(batch.inputs)
+        if logits.shape != (2, data.num_classes):
+            raise KdistillError(f"student outputs shape {tuple(logits.shape[1:])}, expected ({data.num_classes},) logits")
+        teacher_logits = teacher(batch.inputs) if method.needs_teacher and teacher is not None else None
+        method(batch, logits, teacher_logits)
+    except (RuntimeError, ValueError) as exc:
+        raise KdistillError(f"a dry run of the first batch failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        student.load_state_dict(state)
+        student.zero_grad(set_to_none=True)
+
+
+def _check_teacher_fits(teacher: FrozenTeacher, data: DataSplits) -> None:
+    classes = teacher.classes
+    if len(classes) != data.num_classes:
+        raise KdistillError(
+            f"teacher {teacher.source} predicts {len(classes)} classes but data set {data.name!r} has "
+            f"{data.num_classes}; distill from a teacher trained on the same classes"
+        )
+    if classes != data.classes:
+        raise KdistillError(f"teacher {teacher.source} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
+    shape = tuple(teacher.spec.get("input_shape", ()))
+    if shape != data.input_shape:
+        raise KdistillError(f"teacher {teacher.source} takes inputs {shape} but data set {data.name!r} gives {data.input_shape}")
+
+
+def _train_and_report(
+    cfg: TrainRunConfig | DistillRunConfig,
+    student: nn.Module,
+    spec: dict[str, Any],
+    method: Method,
+    teacher: FrozenTeacher | None,
+    data: DataSplits,
+    role: str,
+    overwrite: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    augment = build_augmentation(cfg.data.augment, data.input_shape)
+    _dry_run(student, method, teacher, data)
+    out = cfg.out_dir()
+    prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
+    fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, progress=progress)
+    load_weights(student, out / BEST)
+    teacher_logits = predict_logits(teacher.model, data.test.inputs) if teacher is not None else None
+    row = evaluate_model(student, data.test.inputs, data.test.labels, name=cfg.name, role=role, dataset=data.name,
+                         split="test", weights_path=out / BEST, teacher_logits=teacher_logits, seeds=[cfg.seed],
+                         config_sha256=cfg.sha256())
+    write_report([row], out / "report.json")
+    return row
+
+
+def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `cfg.model` on labels only; returns the test report row."""
+    data = load_dataset(cfg.data)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.num_classes, where="model")
+    spec = model_spec(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.classes)
+    method = build_method("ce", {})
+    return _train_and_report(cfg, model, spec, method, None, data, cfg.role, overwrite, progress)
+
+
+def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Distil `cfg.teacher` into `cfg.student`; returns the test report row."""
+    data = load_dataset(cfg.data)
+    teacher = load_teacher(cfg.teacher)
+    _check_teacher_fits(teacher, data)
+    method = build_method(cfg.distill.method, cfg.distill.method_params())
+    seed_everything(cfg.seed)
+    student = build_model(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.num_classes, where="student")
+    spec = model_spec(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.classes)
+    return _train_and_report(cfg, student, spec, method, teacher, data, "distilled", overwrite, progress)
+
+
+def read_run_config(run_dir: Path) -> TrainRunConfig | DistillRunConfig:
+    """The resolved config a run directory was trained with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise KdistillError(f"{run_dir} is not a kdistill run directory (no config.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise KdistillError(f"{path}: corrupt config (not YAML)") from None
+    if not isinstance(raw, dict):
+        raise KdistillError(f"{path}: corrupt config (not a mapping)")
+    kind = DistillRunConfig if "student" in raw else TrainRunConfig
+    return validate_config(raw, kind, source=str(path))
+
+
+def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Re-evaluate a finished run on a split (accuracy + efficiency); writes report.json or report-<split>.json."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    data_cfg = cfg.data.model_copy(update=data_overrides or {})
+    data = load_dataset(data_cfg)
+    model, spec = load_run_model(run_dir)
+    if spec["classes"] != data.classes:
+        raise KdistillError(f"{run_dir} predicts classes {spec['classes'][:5]}... but data set {data.name!r} has {data.classes[:5]}...")
+    teacher_logits = None
+    if isinstance(cfg, DistillRunConfig):
+        teacher = load_teacher(cfg.teacher)
+        teacher_logits = predict_logits(teacher.model, data.split(split).inputs)
+        role = "distilled"
+    else:
+        role = cfg.role
+    part = data.split(split)
+    row = evaluate_model(model, part.inputs, part.labels, name=cfg.name, role=role, dataset=data.name, split=split,
+                         weights_path=run_dir / BEST, teacher_logits=teacher_logits, seeds=[cfg.seed],
+                         config_sha256=cfg.sha256())
+    write_report([row], run_dir / ("report.json" if split == "test" and not data_overrides else f"report-{split}.json"))
+    return row
