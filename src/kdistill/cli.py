@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("distill", "train `student` from `teacher` on `data`")):
         p = sub.add_parser(name, help=text, description=text + ". Overrides are dotted key=value pairs, e.g. train.epochs=3 distill.temperature=2.")
         p.add_argument("config", help="YAML config file")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of config keys")
+        p.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="dotted overrides of config keys")
         p.add_argument("--overwrite", action="store_true", help="replace a finished (or different unfinished) run in `out`")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -94,7 +94,13 @@ COMMANDS = {"train": _cmd_train_or_distill, "distill": _cmd_train_or_distill, "e
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow options (`train cfg.yaml --overwrite train.epochs=3`): argparse leaves them over.
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

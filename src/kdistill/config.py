@@ -121,7 +121,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise KdistillError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise KdistillError(f"{path}: not a text file (a config is UTF-8 YAML)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -170,7 +172,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         else:
             value = err.get("input")
             shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
-            parts.append(f"{loc}: {err['msg'].lower()}{shown}")
+            message = err["msg"].lower().removeprefix("value error, ")
+            parts.append(f"{loc}: {message}{shown}" if loc else message)
     return f"{source}: " + "; ".join(parts)
 
 

@@ -102,6 +102,23 @@ def evaluate_model(
     return row
 
 
+def aggregate_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for several seeds of the same model: accuracy (and agreement) as mean ± std.
+
+    Efficiency columns come from the first seed's model (the architectures are identical).
+    """
+    accs = [r["accuracy"] for r in rows]
+    row = dict(rows[0])
+    row["accuracy"] = statistics.fmean(accs)
+    row["accuracy_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    row["accuracy_per_seed"] = accs
+    row["seeds"] = [s for r in rows for s in r["seeds"]]
+    agreements = [r["agreement_with_teacher"] for r in rows if r.get("agreement_with_teacher") is not None]
+    if agreements:
+        row["agreement_with_teacher"] = statistics.fmean(agreements)
+    return row
+
+
 def write_report(rows: list[dict[str, Any]], path: Path) -> None:
     """Write `{"rows": [...]}` atomically."""
     tmp = path.with_name(path.name + ".tmp")
@@ -119,15 +136,21 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _accuracy(row: dict[str, Any]) -> str:
+    if len(row.get("seeds", [])) > 1 and "accuracy_std" in row:
+        return f"{100 * row['accuracy']:.2f} ± {100 * row['accuracy_std']:.2f}% ({len(row['seeds'])} seeds)"
+    return f"{100 * row['accuracy']:.2f}%"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of report rows (what the CLI prints)."""
-    header = ["model", "role", "accuracy", "params", "size", "latency b=1 (ms)", "throughput (/s)", "agree w/ teacher"]
+    header = ["model", "role", "test accuracy", "params", "size", "latency b=1 (ms)", "throughput (/s)", "agree w/ teacher"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         lat = r["latency_ms"]
         agree = r.get("agreement_with_teacher")
         cells = [
-            r["name"], r["role"], f"{100 * r['accuracy']:.2f}%", f"{r['params']:,}", _size(r.get("size_bytes")),
+            r["name"], r["role"], _accuracy(r), f"{r['params']:,}", _size(r.get("size_bytes")),
             f"{lat['median']:.3f} ± {lat['std']:.3f}", f"{r['throughput_per_s']['value']:,.0f}",
             "-" if agree is None else f"{100 * agree:.2f}%",
         ]

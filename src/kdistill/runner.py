@@ -13,7 +13,9 @@ import torch
 import yaml
 from torch import nn
 
-from kdistill.config import DistillRunConfig, TrainRunConfig, dump_config, validate_config
+from pydantic import ValidationError
+
+from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, dump_config, format_validation_error, validate_config
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import build_augmentation
 from kdistill.data.splits import Batch
@@ -110,6 +112,8 @@ def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: boo
 def read_run_config(run_dir: Path) -> TrainRunConfig | DistillRunConfig:
     """The resolved config a run directory was trained with."""
     path = Path(run_dir) / "config.yaml"
+    if not Path(run_dir).is_dir():
+        raise KdistillError(f"run directory not found: {run_dir}")
     if not path.is_file():
         raise KdistillError(f"{run_dir} is not a kdistill run directory (no config.yaml)")
     try:
@@ -126,7 +130,10 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: di
     """Re-evaluate a finished run on a split (accuracy + efficiency); writes report.json or report-<split>.json."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    data_cfg = cfg.data.model_copy(update=data_overrides or {})
+    try:
+        data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), **(data_overrides or {})})
+    except ValidationError as exc:
+        raise KdistillError(format_validation_error(exc, "--data")) from None
     data = load_dataset(data_cfg)
     model, spec = load_run_model(run_dir)
     if spec["classes"] != data.classes:

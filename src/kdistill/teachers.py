@@ -40,7 +40,9 @@ class FrozenTeacher:
 def load_teacher(run_dir: str | Path) -> FrozenTeacher:
     """Load a teacher from a kdistill run directory (model.json + model.safetensors)."""
     path = Path(run_dir)
-    if not (path / "model.json").is_file() and path.is_dir():
+    if not path.exists():
+        raise KdistillError(f"teacher: run directory not found: {path}")
+    if not (path / "model.json").is_file():
         raise KdistillError(f"teacher: {path} is not a kdistill run directory (no model.json); train one with `kdistill train`")
     model, spec = load_run_model(path)
     return FrozenTeacher(model, spec, source=str(path))

@@ -30,7 +30,8 @@ def kd_loss(
 
     The T² factor (Hinton et al. 2015, section 2) keeps the soft term's gradient magnitude
     roughly independent of T, so changing T does not silently re-weight it against the
-    hard-label term. ``t_squared=False`` drops it (the labml recipe, which instead gives the
+    hard-label term. Computed in float32: the result is float32 whatever the
+    logits' dtype (bf16 under autocast included). ``t_squared=False`` drops it (the labml recipe, which instead gives the
     soft term a large free weight).
     """
     _check_logits(student_logits, teacher_logits, temperature)

@@ -49,5 +49,6 @@ class KD(Method):
         terms = {}
         if hard_w > 0:
             terms["ce"] = hard_w * F.cross_entropy(student_logits.float(), batch.labels)
-        terms["kd"] = soft_w * kd_loss(student_logits, teacher_logits, p.temperature, t_squared=p.t_squared)
+        if soft_w > 0 or not terms:
+            terms["kd"] = soft_w * kd_loss(student_logits, teacher_logits, p.temperature, t_squared=p.t_squared)
         return terms

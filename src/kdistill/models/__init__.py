@@ -75,7 +75,10 @@ def load_run_model(run_dir: str | Path, weights: str = "model.safetensors") -> t
     try:
         spec = json.loads(spec_path.read_text())
         name, kwargs, shape, classes = spec["name"], spec["kwargs"], spec["input_shape"], spec["classes"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        if not (isinstance(name, str) and isinstance(kwargs, dict) and isinstance(shape, list)
+                and all(isinstance(d, int) for d in shape) and isinstance(classes, list) and classes):
+            raise TypeError("name must be a string, kwargs a mapping, input_shape a list of ints, classes a non-empty list")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise KdistillError(f"{spec_path}: corrupt model description ({exc})") from None
     model = build_model(name, kwargs, tuple(shape), len(classes), where=str(spec_path))
     load_weights(model, run_dir / weights)
