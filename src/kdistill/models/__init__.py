@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from pathlib import Path
@@ -15,21 +16,87 @@ from torch import nn
 from kdistill.errors import KdistillError
 from kdistill.models.cnn import CNN
 from kdistill.models.mlp import MLP
+from kdistill.models.resnet_cifar import resnet8x4, resnet20, resnet32x4, resnet56
+from kdistill.models.seed_cnn import SeedLargeCNN, SeedSmallCNN
+from kdistill.models.wrn import wrn_16_2, wrn_40_2
 
-ZOO: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN}
+ZOO: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "seed_large_cnn": SeedLargeCNN,
+    "seed_small_cnn": SeedSmallCNN,
+    "resnet20": resnet20,
+    "resnet56": resnet56,
+    "resnet8x4": resnet8x4,
+    "resnet32x4": resnet32x4,
+    "wrn_40_2": wrn_40_2,
+    "wrn_16_2": wrn_16_2,
+}
 _SHAPE_ARGS = ("input_shape", "num_classes")
+# `timm:NAME` and `torchvision:NAME` build a model from that package (an optional extra).
+EXTERNAL_PREFIXES = ("timm", "torchvision")
+_EXTERNAL_RESERVED = {"timm": ("pretrained", "num_classes", "in_chans"), "torchvision": ("weights", "num_classes")}
+
+
+def _import_external(prefix: str, name: str):
+    """Import timm or torchvision.models only when a model asks for it."""
+    hint = f"pip install 'kdistill[{prefix}]'"
+    try:
+        return importlib.import_module("timm" if prefix == "timm" else "torchvision.models")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] != prefix:
+            raise KdistillError(f"model {name!r} needs {prefix}, which failed to import ({exc}): {hint}") from None
+        raise KdistillError(f"model {name!r} needs {prefix}: {hint}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a torchvision built for another torch
+        raise KdistillError(
+            f"model {name!r} needs {prefix}, which is installed but does not import "
+            f"({type(exc).__name__}: {exc}); install a {prefix} built for torch {torch.__version__}"
+        ) from None
+
+
+def _build_external(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, where: str) -> nn.Module:
+    prefix, _, arch = name.partition(":")
+    if not arch:
+        raise KdistillError(f"{where}.name: {name!r} names no model after '{prefix}:' (e.g. '{prefix}:resnet18')")
+    for key in kwargs:
+        if key in _EXTERNAL_RESERVED[prefix]:
+            raise KdistillError(f"{where}.{key}: set by kdistill for {prefix} models (weights are never downloaded; classes and channels come from the data)")
+    if len(input_shape) != 3:
+        raise KdistillError(f"{where}: model {name!r} needs image inputs (C, H, W), the data gives {tuple(input_shape)}")
+    if prefix == "torchvision" and input_shape[0] != 3:
+        raise KdistillError(
+            f"{where}: model {name!r} takes 3-channel images, the data has {input_shape[0]}; "
+            f"use 'timm:{arch}' (timm adapts the stem to in_chans) or a kdistill zoo model"
+        )
+    module = _import_external(prefix, name)
+    try:
+        if prefix == "timm":
+            return module.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=int(input_shape[0]), **kwargs)
+        return module.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - unknown names and bad kwargs raise various types
+        raise KdistillError(f"{where}: cannot build {name!r} with {kwargs}: {type(exc).__name__}: {exc}") from None
 
 
 def build_model(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, where: str = "model") -> nn.Module:
-    """Build zoo model `name`; unknown or wrongly typed kwargs are a KdistillError naming them."""
+    """Build zoo model `name`; unknown or wrongly typed kwargs are a KdistillError naming them.
+
+    `timm:NAME` / `torchvision:NAME` build NAME from that package (imported only then),
+    randomly initialised, with `num_classes` outputs; kwargs go to its constructor.
+    """
+    if name.partition(":")[0] in EXTERNAL_PREFIXES and ":" in name:
+        return _build_external(name, kwargs, tuple(input_shape), num_classes, where)
     factory = ZOO.get(name)
     if factory is None:
-        raise KdistillError(f"{where}.name: unknown model {name!r} (known: {', '.join(sorted(ZOO))})")
+        raise KdistillError(
+            f"{where}.name: unknown model {name!r} (known: {', '.join(sorted(ZOO))}; "
+            f"or timm:NAME, torchvision:NAME with that package installed)"
+        )
     params = inspect.signature(factory).parameters
     allowed = [p for p in params if p not in _SHAPE_ARGS]
     for key in kwargs:
         if key not in allowed:
-            raise KdistillError(f"{where}.{key}: not an argument of model {name!r} (arguments: {', '.join(allowed)})")
+            known = f"arguments: {', '.join(allowed)}" if allowed else "it takes no arguments"
+            raise KdistillError(f"{where}.{key}: not an argument of model {name!r} ({known})")
     try:
         return factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -89,4 +156,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ZOO", "build_model", "model_spec", "save_weights", "load_weights", "load_run_model", "count_params"]
+__all__ = ["ZOO", "EXTERNAL_PREFIXES", "build_model", "model_spec", "save_weights", "load_weights", "load_run_model", "count_params"]

@@ -11,7 +11,12 @@ class CNN(nn.Module):
 
     `channels` gives one stage per entry; a stage only pools while the feature map is at
     least 2 pixels wide, so the same network runs on 8x8 digits and 32x32 CIFAR.
+
+    `default_taps` names stage i's output `stages.<i-1>` and the pooled embedding `pool`; the
+    class attribute is for the default two stages, each instance holds its own.
     """
+
+    default_taps: dict[str, str] = {"stage1": "stages.0", "stage2": "stages.1", "embedding": "pool"}
 
     def __init__(
         self,
@@ -37,6 +42,7 @@ class CNN(nn.Module):
                 h //= 2
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
+        self.default_taps = {**{f"stage{i + 1}": f"stages.{i}" for i in range(len(stages))}, "embedding": "pool"}
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         head: list[nn.Module] = []
         width = in_ch

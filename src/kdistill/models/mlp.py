@@ -9,7 +9,12 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Flatten -> [Linear -> ReLU -> Dropout] x len(hidden) -> Linear(num_classes)."""
+    """Flatten -> [Linear -> ReLU -> Dropout] x len(hidden) -> Linear(num_classes).
+
+    `features` (everything before the head) is the embedding that feature methods tap.
+    """
+
+    default_taps: dict[str, str] = {"embedding": "features"}
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (256,), dropout: float = 0.0):
         super().__init__()
