@@ -104,9 +104,9 @@ def test_load_dataset_by_name():
 
 def test_load_dataset_unknown_name_lists_known():
     with pytest.raises(KdistillError) as info:
-        load_dataset(DataConfig(name="cifar10"))
+        load_dataset(DataConfig(name="imagenet"))
     msg = str(info.value)
-    assert "'cifar10'" in msg
+    assert "'imagenet'" in msg
     assert f"known: {', '.join(sorted(LOADERS))}" in msg
     assert "digits" in msg
 

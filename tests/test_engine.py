@@ -51,7 +51,7 @@ def test_teacher_frozen_and_student_modes(tmp_path, teacher_run):
     assert teacher_calls and all(not training and inference for training, inference in teacher_calls)
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
     for key, value in model.state_dict().items():
-        assert torch.equal(value, teacher_params[key]), f"teacher tensor {key} changed"
+        assert torch.equal(value.cpu(), teacher_params[key]), f"teacher tensor {key} changed"
     assert tree_digest(teacher_run) == before
     train_calls = [c for c in student_calls if c[0]]
     eval_calls = [c for c in student_calls if not c[0]]
@@ -115,6 +115,7 @@ def _resume_config(distill_config: dict, out: Path) -> dict:
     cfg["student"] = {"name": "mlp", "hidden": [32], "dropout": 0.2}  # dropout: the RNG state must be restored too
     cfg["data"]["augment"] = ["random-crop"]
     cfg["train"]["epochs"] = 4
+    cfg["train"]["device"] = "cpu"  # bit-exact resume is promised on the CPU (CUDA kernels may be nondeterministic)
     cfg["out"] = str(out)
     return cfg
 
@@ -162,7 +163,7 @@ def test_resume_after_sigkill(tmp_path, teacher_run):
         return write_yaml(tmp_path / f"{out.name}.yaml", {
             "name": out.name, "data": {"name": "digits", "batch_size": 16}, "teacher": str(teacher_run),
             "student": {"name": "cnn", "channels": [32, 64], "dropout": 0.1}, "distill": {"temperature": 2.0},
-            "train": {"epochs": 4}, "out": str(out)})
+            "train": {"epochs": 4, "device": "cpu"}, "out": str(out)})
 
     killed_out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "kdistill", "distill", str(config(killed_out)), "-q"]
@@ -187,3 +188,24 @@ def test_resume_after_sigkill(tmp_path, teacher_run):
     a, b = load_file(killed_out / "last.safetensors"), load_file(straight_out / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [json.loads(l)["epoch"] for l in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_gpu_is_a_clean_error(tmp_path, distill_config, capsys):
+    from kdistill.cli import main
+
+    config = write_yaml(tmp_path / "kd.yaml", distill_config)
+    assert main(["distill", str(config), "train.device=cuda", "-q"]) == 2
+    assert "train.device" in capsys.readouterr().err
+    assert not Path(distill_config["out"]).exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_distill_on_cuda(tmp_path, distill_config, precision):
+    """On a GPU: student and teacher on cuda, report measured on the CPU, resume state loads."""
+    distill_config["train"].update(device="cuda", precision=precision, epochs=3)
+    row = run_distill(validate_config(distill_config, DistillRunConfig), progress=False)
+    assert row["accuracy"] > 0.3 and row["latency_ms"]["batch"] == 1
+    ckpt = torch.load(Path(distill_config["out"]) / "state/checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 3 and len(ckpt["rng"]["cuda"]) >= 1

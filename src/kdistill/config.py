@@ -23,10 +23,19 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Which data set to load and how to batch it."""
+    """Which data set to load and how to batch it.
+
+    `name`: digits | fashion-mnist | mnist | cifar10 | cifar100 | imagefolder (docs/design.md,
+    "Data sets"). `root`: the folder holding the files (the only place looked at when set;
+    required for CIFAR and imagefolder). `download`: fetch missing Fashion-MNIST files into
+    `root`, or the user cache when `root` is unset, and verify their SHA-256 (never implicit).
+    `image_size`: imagefolder only, resize every image to image_size x image_size.
+    """
 
     name: str = "digits"
     root: str | None = None
+    download: bool = False
+    image_size: int | None = Field(None, gt=0)
     batch_size: int = Field(128, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     augment: list[str] = Field(default_factory=list)
@@ -57,6 +66,14 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
+    device: str = Field("auto", description="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
 
 
 class DistillConfig(BaseModel):

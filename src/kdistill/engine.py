@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from kdistill.config import TrainConfig
 from kdistill.data.splits import Batch, DataSplits, iterate_batches
+from kdistill.errors import KdistillError
 from kdistill.inference import accuracy, predict_logits
 from kdistill.methods.base import Method
 from kdistill.models import save_weights
@@ -79,9 +80,19 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` is cuda when available, else cpu; an explicit cuda without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KdistillError(f"train.device: {name} requested but no CUDA GPU is available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    return {
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cuda": cuda,
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
@@ -91,6 +102,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
     npy = state["numpy"]
     np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
     py = state["python"]
@@ -121,6 +134,11 @@ def fit(
 ) -> FitResult:
     """Train `student` with `method` (and `teacher`, if the method needs one); write the run directory."""
     started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    student.to(device)
+    method.to(device)
+    if teacher is not None:
+        teacher.to(device)
     run_dir = Path(run_dir)
     (run_dir / "state").mkdir(parents=True, exist_ok=True)
     if method.needs_teacher and teacher is None:
@@ -141,7 +159,7 @@ def fit(
     start_epoch, best_acc, best_epoch = 0, -1.0, 0
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
         student.load_state_dict(ckpt["student"])
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -150,7 +168,7 @@ def fit(
         start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_val_accuracy"], ckpt["best_epoch"]
     _completed_metrics(run_dir / METRICS, start_epoch)
 
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         student.train()
@@ -164,6 +182,8 @@ def fit(
         for i, batch in enumerate(iterate_batches(data.train, batch_size, shuffle=True, generator=generator, drop_last=drop_last)):
             if augment is not None:
                 batch = Batch(augment(batch.inputs, generator), batch.labels, batch.index)
+            if device.type != "cpu":
+                batch = Batch(batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True), batch.index)
             with autocast():
                 student_logits = student(batch.inputs)
                 teacher_logits = teacher(batch.inputs) if method.needs_teacher else None

@@ -7,11 +7,14 @@ from torch import nn
 
 
 def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits for all `inputs`, computed in chunks under inference_mode."""
+    """Logits (float32, on the CPU) for all `inputs`, computed in chunks on the model's device under inference_mode."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     outputs = []
     with torch.inference_mode():
         for start in range(0, inputs.shape[0], batch_size):
-            outputs.append(model(inputs[start : start + batch_size]).float())
+            chunk = inputs[start : start + batch_size].to(device, non_blocking=True)
+            outputs.append(model(chunk).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -19,7 +19,7 @@ from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, dump_c
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import build_augmentation
 from kdistill.data.splits import Batch
-from kdistill.engine import BEST, fit, seed_everything
+from kdistill.engine import BEST, fit, resolve_device, seed_everything
 from kdistill.errors import KdistillError
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_method
@@ -73,11 +73,16 @@ def _train_and_report(
     progress: bool,
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
+    resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
     _dry_run(student, method, teacher, data)
     out = cfg.out_dir()
     prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
     fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, progress=progress)
+    # Evaluation (and its latency numbers) is on the CPU, whatever device trained the model.
+    student.cpu()
+    if teacher is not None:
+        teacher.to("cpu")
     load_weights(student, out / BEST)
     teacher_logits = predict_logits(teacher.model, data.test.inputs) if teacher is not None else None
     row = evaluate_model(student, data.test.inputs, data.test.labels, name=cfg.name, role=role, dataset=data.name,

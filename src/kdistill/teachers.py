@@ -26,6 +26,10 @@ class FrozenTeacher:
         self.spec = spec or {}
         self.source = source
 
+    def to(self, device: torch.device | str) -> "FrozenTeacher":
+        self.model.to(device)
+        return self
+
     @property
     def classes(self) -> list[str]:
         return list(self.spec.get("classes", []))

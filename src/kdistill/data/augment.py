@@ -2,6 +2,11 @@
 
 Each takes an (N, C, H, W) batch and a torch.Generator and returns a new batch, so the
 augmented views are reproducible from the generator's seed.
+
+`normalize` is accepted in `data.augment` but does nothing here: every loader already
+normalises its inputs at load time (docs/design.md, "Data sets"), so normalising again would
+be wrong. The name is accepted so that configs written for other tools (torchvision-style
+pipelines that list Normalize) still validate.
 """
 
 from __future__ import annotations
@@ -39,7 +44,13 @@ def hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-AUGMENTATIONS: dict[str, Augmentation] = {"random-crop": random_crop, "hflip": hflip}
+def normalize(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A no-op marker: inputs are normalised once at load time (see the module docstring)."""
+    return images
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {"random-crop": random_crop, "hflip": hflip, "normalize": normalize}
+NO_OPS = {"normalize"}
 
 
 def build_augmentation(names: list[str], input_shape: tuple[int, ...]) -> Augmentation | None:
@@ -51,6 +62,9 @@ def build_augmentation(names: list[str], input_shape: tuple[int, ...]) -> Augmen
         raise KdistillError(
             f"data.augment: unknown augmentation {unknown[0]!r} (known: {', '.join(AUGMENTATIONS)})"
         )
+    names = [n for n in names if n not in NO_OPS]
+    if not names:
+        return None
     if len(input_shape) != 3:
         raise KdistillError(f"data.augment needs image inputs (C, H, W); this data set's inputs are {input_shape}")
     steps = [AUGMENTATIONS[n] for n in names]

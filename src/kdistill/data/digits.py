@@ -7,14 +7,19 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from kdistill.config import DataConfig
 from kdistill.data.splits import DataSplits, Split
 
 # Fixed stratified split, the same on every machine: 60% train, 20% validation, 20% test.
 SPLIT_SEED = 0
 
 
-def load(root: str | None = None) -> DataSplits:
-    """Load digits as (N, 1, 8, 8) float tensors: pixels / 16, then standardised by the train mean/std."""
+def load(cfg: DataConfig | None = None) -> DataSplits:
+    """Load digits as (N, 1, 8, 8) float tensors: pixels / 16, then standardised by the train mean/std.
+
+    `cfg` is accepted for the common loader signature; digits ships with scikit-learn, so
+    `data.root` and `data.download` have nothing to do.
+    """
     bunch = load_digits()
     x = bunch.images.astype(np.float32) / 16.0
     y = bunch.target.astype(np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -67,3 +68,36 @@ def iterate_batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         yield Batch(split.inputs[idx], split.labels[idx], idx)
+
+
+def stratified_holdout(labels: np.ndarray, n_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices 0..N-1 into (keep, holdout), holding out `n_holdout` samples stratified by label.
+
+    Each class gives floor(n_holdout * count / N) samples; the few left over go to the classes
+    with the largest remainders (ties: the smaller label first). Within a class the held-out
+    samples are drawn with numpy's legacy `RandomState(seed)`, whose stream numpy keeps
+    stable across releases, so the split is the same on every machine and version. Both
+    index arrays are returned sorted.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 0 < n_holdout < n:
+        raise ValueError(f"cannot hold out {n_holdout} of {n} samples")
+    classes, counts = np.unique(labels, return_counts=True)
+    take = counts * n_holdout // n
+    remainder = counts * n_holdout % n
+    left = n_holdout - int(take.sum())
+    order = np.lexsort((classes, -remainder))  # largest remainder first, then smaller label
+    take[order[:left]] += 1
+    rng = np.random.RandomState(seed)
+    held = [np.flatnonzero(labels == c)[rng.permutation(int(count))[:k]] for c, count, k in zip(classes, counts, take)]
+    holdout = np.sort(np.concatenate(held))
+    mask = np.ones(n, dtype=bool)
+    mask[holdout] = False
+    return np.flatnonzero(mask), holdout
+
+
+def make_split(inputs: np.ndarray, labels: np.ndarray) -> Split:
+    """Wrap numpy arrays as a Split: float32 inputs, int64 labels (contiguous, owned tensors)."""
+    return Split(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
+                 torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)))
