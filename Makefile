@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean bench bench-vision
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Benchmarks are run by hand, never by CI; results land in benchmarks/results/.
+bench-vision: $(STAMP)
+	$(BIN)/python benchmarks/vision_kd.py
+
+bench: bench-vision
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -29,7 +29,7 @@ from kdistill.runner import run_distill, run_train
 
 ROOT = Path(__file__).resolve().parent
 TEACHER = {"name": "cnn", "channels": [32, 64, 128], "convs_per_stage": 2, "hidden": 256, "dropout": 0.3}
-STUDENT = {"name": "mlp", "hidden": [16]}
+STUDENT = {"name": "cnn", "channels": [8, 16, 32]}  # 2% of the teacher's parameters
 GRID = [(1.0, 0.5), (2.0, 0.5), (4.0, 0.5), (4.0, 0.1), (8.0, 0.1)]
 
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--student-epochs", type=int, default=20)
+    parser.add_argument("--student", type=json.loads, default=STUDENT, help='zoo spec as JSON, e.g. \'{"name": "mlp", "hidden": [16]}\'')
+    parser.add_argument("--name", default="vision_kd", help="results file stem")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
@@ -68,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     def student_cfg(seed: int, temperature: float | None, alpha: float | None, tag: str):
         base = {"name": tag, "seed": seed, "data": data, "train": train, "out": str(work / f"{tag}-seed{seed}")}
         if temperature is None:
-            return validate_config({**base, "role": "student", "model": STUDENT}, TrainRunConfig)
-        return validate_config({**base, "teacher": str(work / "teacher"), "student": STUDENT,
+            return validate_config({**base, "role": "student", "model": args.student}, TrainRunConfig)
+        return validate_config({**base, "teacher": str(work / "teacher"), "student": args.student,
                                 "distill": {"method": "kd", "temperature": temperature, "alpha": alpha}}, DistillRunConfig)
 
     selection = []
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "teacher": TEACHER, "student": STUDENT, "data": data,
+        "teacher": TEACHER, "student": args.student, "data": data,
         "budget": {"teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs, "seeds": args.seeds},
         "selection_on_validation": selection, "chosen": chosen,
         "rows": rows,
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "vision_kd.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Fashion-MNIST: teacher vs student alone vs distilled student", "",
         f"Command: `{result['command']}` — training on {result['device']}, latency on the CPU "
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "| seed | student alone | distilled |", "|---|---|---|",
         *[f"| {s} | {100 * a['accuracy']:.2f}% | {100 * d['accuracy']:.2f}% |" for s, a, d in zip(args.seeds, alone, distilled)],
     ]
-    (results / "vision_kd.md").write_text("\n".join(lines) + "\n")
+    (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
