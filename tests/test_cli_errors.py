@@ -362,6 +362,7 @@ def test_unfinished_run_of_another_config_is_refused(capsys, config_for):
     cfg, out = config_for["train"]
     out.mkdir()
     (out / "config.yaml").write_text("name: something-else\n")
+    (out / "model.json").write_text("{}\n")
     (out / "state").mkdir()
     before = tree_digest(out)
     expect_error(capsys, ["train", "-q", cfg], str(out), "unfinished run", "--overwrite")

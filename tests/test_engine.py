@@ -181,12 +181,13 @@ def test_resume_after_sigkill(tmp_path, teacher_run):
     done_before = len(metrics.read_text().splitlines())
     assert 1 <= done_before < 4
 
-    assert subprocess.run(cmd, cwd=REPO, capture_output=True).returncode == 0
+    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight_out = tmp_path / "straight"
     assert subprocess.run([sys.executable, "-m", "kdistill", "distill", str(config(straight_out)), "-q"],
                           cwd=REPO, capture_output=True).returncode == 0
     a, b = load_file(killed_out / "last.safetensors"), load_file(straight_out / "last.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after resume (killed after {done_before} metric lines)"
     assert [json.loads(l)["epoch"] for l in metrics.read_text().splitlines()] == [1, 2, 3, 4]
 
 

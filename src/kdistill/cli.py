@@ -27,7 +27,10 @@ def _parse_pairs(pairs: list[str]) -> dict[str, object]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise KdistillError(f"--data {pair!r} must look like key=value, e.g. --data root=/path/to/data")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise KdistillError(f"--data {pair!r}: the value is not valid YAML") from None
     return out
 
 

@@ -92,7 +92,7 @@ class DistillConfig(BaseModel):
 
 class _RunConfig(_Strict):
     name: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     out: str | None = None

@@ -114,7 +114,13 @@ def _completed_metrics(path: Path, epochs_done: int) -> None:
     """Drop metric lines of epochs that were not committed (a run killed after logging them)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epochs_done:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by a crash
     path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -159,7 +165,11 @@ def fit(
     start_epoch, best_acc, best_epoch = 0, -1.0, 0
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        try:
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
+            raise KdistillError(f"{ckpt_path}: corrupt resume checkpoint ({str(exc).splitlines()[0]}); "
+                                "delete the run directory or pass --overwrite to start over") from None
         student.load_state_dict(ckpt["student"])
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -175,6 +185,7 @@ def fit(
         method.train()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         sums: dict[str, float] = {}
+        last_lr = optimizer.param_groups[0]["lr"]
         seen = correct = 0
         bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress else True, unit="batch")
@@ -189,12 +200,14 @@ def fit(
                 teacher_logits = teacher(batch.inputs) if method.needs_teacher else None
                 terms = method(batch, student_logits, teacher_logits)
             loss = sum(terms.values())
-            (loss / cfg.grad_accum).backward()
+            group_start = i - i % cfg.grad_accum  # the last group of an epoch may be short: weight by its real size
+            (loss / min(cfg.grad_accum, batches_per_epoch - group_start)).backward()
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == batches_per_epoch:
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                last_lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
             n = batch.labels.shape[0]
             seen += n
@@ -208,7 +221,7 @@ def fit(
 
         student.eval()
         val_acc = accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{k: v / seen for k, v in sums.items()},
+        record = {"epoch": epoch + 1, "lr": last_lr, **{k: v / seen for k, v in sums.items()},
                   "train_accuracy": correct / seen, "val_accuracy": val_acc, "seconds": train_seconds,
                   "samples_per_s": seen / train_seconds}
         with open(run_dir / METRICS, "a") as fh:

@@ -8,13 +8,15 @@ docs/design.md, "Quickstart").
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
+from kdistill.config import DistillRunConfig, TrainRunConfig, dump_config, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import aggregate_seeds, format_table, write_report
+from kdistill.rundir import is_run_dir
 from kdistill.runner import run_distill, run_train
 
 SEEDS = (0, 1, 2)
@@ -48,13 +50,22 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, overwrite: bool = Fal
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise KdistillError(f"--out: {out} exists and is not a directory")
-    if (out / "report.json").exists() and not overwrite:
-        raise KdistillError(f"{out} already holds a quickstart; pass --overwrite to run it again or --out <another dir>")
+    if is_run_dir(out):
+        raise KdistillError(f"--out: {out} is a train/distill run directory; give the quickstart its own --out")
+    if (out / "report.json").exists():
+        if not overwrite:
+            raise KdistillError(f"{out} already holds a quickstart; pass --overwrite to run it again or --out <another dir>")
+        for name in ("report.json", "report.md"):
+            (out / name).unlink(missing_ok=True)
     rows = []
     for key, configs in quickstart_configs(out, seeds).items():
         t0 = time.perf_counter()
         seed_rows = []
         for cfg in configs:
+            done = cfg.out_dir() / "report.json"
+            if not overwrite and done.is_file() and (cfg.out_dir() / "config.yaml").read_text() == dump_config(cfg):
+                seed_rows.append(json.loads(done.read_text())["rows"][0])  # finished before an interruption: reuse
+                continue
             run = run_train if isinstance(cfg, TrainRunConfig) else run_distill
             seed_rows.append(run(cfg, overwrite=overwrite, progress=progress))
         row = aggregate_seeds(seed_rows) if len(seed_rows) > 1 else seed_rows[0]

@@ -144,7 +144,7 @@ def _accuracy(row: dict[str, Any]) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of report rows (what the CLI prints)."""
-    header = ["model", "role", "test accuracy", "params", "size", "latency b=1 (ms)", "throughput (/s)", "agree w/ teacher"]
+    header = ["model", "role", f"{rows[0]['split']} accuracy" if rows else "accuracy", "params", "size", "latency b=1 (ms)", "throughput (/s)", "agree w/ teacher"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         lat = r["latency_ms"]

@@ -25,7 +25,7 @@ from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_method
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, write_report
-from kdistill.rundir import prepare_run_dir
+from kdistill.rundir import check_out_dir, prepare_run_dir
 from kdistill.teachers import FrozenTeacher, load_teacher
 
 
@@ -76,6 +76,7 @@ def _train_and_report(
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
     _dry_run(student, method, teacher, data)
     out = cfg.out_dir()
+    check_out_dir(out, protected=[Path(teacher.source)] if teacher is not None and teacher.source else [])
     prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
     fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, progress=progress)
@@ -135,12 +136,16 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: di
     """Re-evaluate a finished run on a split (accuracy + efficiency); writes report.json or report-<split>.json."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
+        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then evaluate")
     try:
         data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), **(data_overrides or {})})
     except ValidationError as exc:
         raise KdistillError(format_validation_error(exc, "--data")) from None
     data = load_dataset(data_cfg)
     model, spec = load_run_model(run_dir)
+    if tuple(spec["input_shape"]) != data.input_shape:
+        raise KdistillError(f"{run_dir} takes inputs {tuple(spec['input_shape'])} but data set {data.name!r} gives {data.input_shape}")
     if spec["classes"] != data.classes:
         raise KdistillError(f"{run_dir} predicts classes {spec['classes'][:5]}... but data set {data.name!r} has {data.classes[:5]}...")
     teacher_logits = None

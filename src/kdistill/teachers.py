@@ -35,7 +35,7 @@ class FrozenTeacher:
         return list(self.spec.get("classes", []))
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.model.training:  # something flipped it (e.g. a user's .train() on a parent): put it back
+        if any(m.training for m in self.model.modules()):  # something flipped a submodule to train mode: put it back
             self.model.eval()
         with torch.inference_mode():
             return self.model(inputs)

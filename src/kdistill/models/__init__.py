@@ -99,7 +99,7 @@ def build_model(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...],
             raise KdistillError(f"{where}.{key}: not an argument of model {name!r} ({known})")
     try:
         return factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise KdistillError(f"{where}: cannot build {name!r} with {kwargs}: {exc}") from None
 
 
