@@ -181,3 +181,8 @@ def test_ce_bad_params(params, name):
     with pytest.raises(KdistillError) as info:
         build_method("ce", params)
     assert name in str(info.value)
+
+
+def test_kd_with_alpha_one_does_not_need_the_teacher():
+    assert build_method("kd", {"alpha": 1.0}).needs_teacher is False
+    assert build_method("kd", {"alpha": 0.5}).needs_teacher is True

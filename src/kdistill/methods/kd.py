@@ -43,6 +43,10 @@ class KD(Method):
     name = "kd"
     Params = KDParams
 
+    def __init__(self, params: KDParams):
+        super().__init__(params)
+        self.needs_teacher = params.weights()[1] > 0  # alpha=1 is plain CE: don't pay for teacher passes
+
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         p = self.params
         hard_w, soft_w = p.weights()
