@@ -165,3 +165,34 @@ def test_interrupted_quickstart_resumes(tmp_path, monkeypatch):
     rows = qs.run_quickstart(tmp_path / "qs", seeds=(0,))
     assert [r["role"] for r in rows] == ["teacher", "student", "distilled"]
     assert tree_digest(tmp_path / "qs" / "teacher") == teacher_before  # reused, not retrained
+
+
+def _retrain_in_place(teacher: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(teacher / "model.safetensors")
+    state = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in state.items()}
+    save_file(state, str(teacher / "model.safetensors"))
+
+
+def test_teacher_identity_is_recorded_and_checked(tmp_path, teacher_run, distill_config, capsys, monkeypatch):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_run, teacher)
+    distill_config["teacher"] = str(teacher)
+    config = write_yaml(tmp_path / "kd.yaml", distill_config)
+    assert main(["distill", str(config), "-q"]) == 0
+    out = Path(distill_config["out"])
+    record = json.loads((out / "teacher.json").read_text())
+    row = json.loads((out / "report.json").read_text())["rows"][0]
+    assert record["path"] == str(teacher.resolve()) and row["teacher_sha256"] == record["weights_sha256"]
+
+    monkeypatch.chdir(tmp_path / "..")  # evaluate from elsewhere: the recorded absolute path is used
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+
+    _retrain_in_place(teacher)
+    assert main(["evaluate", str(out)]) == 2
+    _one_line_error(capsys, "different weights")
+    (out / "report.json").unlink()  # an unfinished run: resuming with the changed teacher is refused
+    assert main(["distill", str(config), "-q"]) == 2
+    _one_line_error(capsys, "different weights")

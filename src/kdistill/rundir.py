@@ -19,7 +19,7 @@ from kdistill.errors import KdistillError
 
 RUN_MARKERS = ("config.yaml", "model.json")
 # Everything a train/distill/evaluate run writes at the top of its directory.
-RUN_FILES = {"config.yaml", "model.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "state",
+RUN_FILES = {"config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "state",
              "report.json", "report-val.json", "report-train.json", "report-test.json"}
 
 

@@ -26,7 +26,7 @@ from kdistill.methods import Method, build_method
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, write_report
 from kdistill.rundir import check_out_dir, prepare_run_dir
-from kdistill.teachers import FrozenTeacher, load_teacher
+from kdistill.teachers import FrozenTeacher, check_same_teacher, load_teacher, record_teacher, recorded_teacher
 
 
 def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, data: DataSplits) -> None:
@@ -77,7 +77,11 @@ def _train_and_report(
     _dry_run(student, method, teacher, data)
     out = cfg.out_dir()
     check_out_dir(out, protected=[Path(teacher.source)] if teacher is not None and teacher.source else [])
+    if teacher is not None and not overwrite and not (out / "report.json").exists():
+        check_same_teacher(out, teacher)  # resuming with a retrained teacher would mix two teachers
     prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
+    if teacher is not None:
+        record_teacher(out, teacher)
     fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, progress=progress)
     # Evaluation (and its latency numbers) is on the CPU, whatever device trained the model.
@@ -89,6 +93,8 @@ def _train_and_report(
     row = evaluate_model(student, data.test.inputs, data.test.labels, name=cfg.name, role=role, dataset=data.name,
                          split="test", weights_path=out / BEST, teacher_logits=teacher_logits, seeds=[cfg.seed],
                          config_sha256=cfg.sha256())
+    if teacher is not None:
+        row["teacher_sha256"] = teacher.weights_sha256
     write_report([row], out / "report.json")
     return row
 
@@ -150,14 +156,19 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: di
         raise KdistillError(f"{run_dir} predicts classes {spec['classes'][:5]}... but data set {data.name!r} has {data.classes[:5]}...")
     teacher_logits = None
     if isinstance(cfg, DistillRunConfig):
-        teacher = load_teacher(cfg.teacher)
+        record = recorded_teacher(run_dir)
+        teacher = load_teacher(record["path"] if record and Path(record["path"]).is_dir() else cfg.teacher)
+        check_same_teacher(run_dir, teacher)
         teacher_logits = predict_logits(teacher.model, data.split(split).inputs)
         role = "distilled"
     else:
         role = cfg.role
     part = data.split(split)
+    teacher_sha = teacher.weights_sha256 if isinstance(cfg, DistillRunConfig) else None
     row = evaluate_model(model, part.inputs, part.labels, name=cfg.name, role=role, dataset=data.name, split=split,
                          weights_path=run_dir / BEST, teacher_logits=teacher_logits, seeds=[cfg.seed],
                          config_sha256=cfg.sha256())
+    if teacher_sha:
+        row["teacher_sha256"] = teacher_sha
     write_report([row], run_dir / ("report.json" if split == "test" and not data_overrides else f"report-{split}.json"))
     return row

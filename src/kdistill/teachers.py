@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,12 @@ class FrozenTeacher:
     state dict or optimizer.
     """
 
-    def __init__(self, model: nn.Module, spec: dict[str, Any] | None = None, source: str = ""):
+    def __init__(self, model: nn.Module, spec: dict[str, Any] | None = None, source: str = "", weights_sha256: str | None = None):
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.spec = spec or {}
         self.source = source
+        self.weights_sha256 = weights_sha256
 
     def to(self, device: torch.device | str) -> "FrozenTeacher":
         self.model.to(device)
@@ -49,4 +53,42 @@ def load_teacher(run_dir: str | Path) -> FrozenTeacher:
     if not (path / "model.json").is_file():
         raise KdistillError(f"teacher: {path} is not a kdistill run directory (no model.json); train one with `kdistill train`")
     model, spec = load_run_model(path)
-    return FrozenTeacher(model, spec, source=str(path))
+    return FrozenTeacher(model, spec, source=str(path), weights_sha256=file_sha256(path / "model.safetensors"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+TEACHER_RECORD = "teacher.json"
+
+
+def record_teacher(run_dir: Path, teacher: FrozenTeacher) -> None:
+    """Remember which teacher (absolute path + weights hash) a distilled run learns from."""
+    record = {"path": os.path.abspath(teacher.source), "weights_sha256": teacher.weights_sha256}
+    (Path(run_dir) / TEACHER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def recorded_teacher(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / TEACHER_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KdistillError(f"{path}: corrupt teacher record") from None
+
+
+def check_same_teacher(run_dir: Path, teacher: FrozenTeacher) -> None:
+    """A run resumed or evaluated with a teacher whose weights changed would silently mix two teachers: refuse."""
+    record = recorded_teacher(run_dir)
+    if record and teacher.weights_sha256 and record.get("weights_sha256") != teacher.weights_sha256:
+        raise KdistillError(
+            f"teacher {teacher.source} has different weights from the one {run_dir} was distilled from "
+            f"(sha256 {str(record.get('weights_sha256'))[:12]}... vs {teacher.weights_sha256[:12]}...); "
+            "retrain the student with --overwrite, or restore that teacher"
+        )
