@@ -47,18 +47,32 @@ def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, 
         student.zero_grad(set_to_none=True)
 
 
-def _check_teacher_fits(teacher: FrozenTeacher, data: DataSplits) -> None:
-    classes = teacher.classes
+def _check_fits(spec: dict[str, Any], data: DataSplits, who: str) -> None:
+    """A trained model (its model.json spec) must predict the data set's classes from its input shape."""
+    classes = list(spec.get("classes", []))
     if len(classes) != data.num_classes:
         raise KdistillError(
-            f"teacher {teacher.source} predicts {len(classes)} classes but data set {data.name!r} has "
-            f"{data.num_classes}; distill from a teacher trained on the same classes"
+            f"{who} predicts {len(classes)} classes but data set {data.name!r} has "
+            f"{data.num_classes}; use a model trained on the same classes"
         )
     if classes != data.classes:
-        raise KdistillError(f"teacher {teacher.source} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
-    shape = tuple(teacher.spec.get("input_shape", ()))
+        raise KdistillError(f"{who} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
+    shape = tuple(spec.get("input_shape", ()))
     if shape != data.input_shape:
-        raise KdistillError(f"teacher {teacher.source} takes inputs {shape} but data set {data.name!r} gives {data.input_shape}")
+        raise KdistillError(f"{who} takes inputs {shape} but data set {data.name!r} gives {data.input_shape}")
+
+
+def _report_row(model: nn.Module, data: DataSplits, split: str, cfg: TrainRunConfig | DistillRunConfig, role: str,
+                weights_path: Path, teacher: FrozenTeacher | None) -> dict[str, Any]:
+    """Evaluate `model` on one split (on the CPU); distilled rows add agreement with, and the hash of, the teacher."""
+    part = data.split(split)
+    teacher_logits = predict_logits(teacher.model, part.inputs) if teacher is not None else None
+    row = evaluate_model(model, part.inputs, part.labels, name=cfg.name, role=role, dataset=data.name, split=split,
+                         weights_path=weights_path, teacher_logits=teacher_logits, seeds=[cfg.seed],
+                         config_sha256=cfg.sha256())
+    if teacher is not None:
+        row["teacher_sha256"] = teacher.weights_sha256
+    return row
 
 
 def _train_and_report(
@@ -89,12 +103,7 @@ def _train_and_report(
     if teacher is not None:
         teacher.to("cpu")
     load_weights(student, out / BEST)
-    teacher_logits = predict_logits(teacher.model, data.test.inputs) if teacher is not None else None
-    row = evaluate_model(student, data.test.inputs, data.test.labels, name=cfg.name, role=role, dataset=data.name,
-                         split="test", weights_path=out / BEST, teacher_logits=teacher_logits, seeds=[cfg.seed],
-                         config_sha256=cfg.sha256())
-    if teacher is not None:
-        row["teacher_sha256"] = teacher.weights_sha256
+    row = _report_row(student, data, "test", cfg, role, out / BEST, teacher)
     write_report([row], out / "report.json")
     return row
 
@@ -113,7 +122,7 @@ def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: boo
     """Distil `cfg.teacher` into `cfg.student`; returns the test report row."""
     data = load_dataset(cfg.data)
     teacher = load_teacher(cfg.teacher)
-    _check_teacher_fits(teacher, data)
+    _check_fits(teacher.spec, data, f"teacher {teacher.source}")
     method = build_method(cfg.distill.method, cfg.distill.method_params())
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.num_classes, where="student")
@@ -150,25 +159,14 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: di
         raise KdistillError(format_validation_error(exc, "--data")) from None
     data = load_dataset(data_cfg)
     model, spec = load_run_model(run_dir)
-    if tuple(spec["input_shape"]) != data.input_shape:
-        raise KdistillError(f"{run_dir} takes inputs {tuple(spec['input_shape'])} but data set {data.name!r} gives {data.input_shape}")
-    if spec["classes"] != data.classes:
-        raise KdistillError(f"{run_dir} predicts classes {spec['classes'][:5]}... but data set {data.name!r} has {data.classes[:5]}...")
-    teacher_logits = None
+    _check_fits(spec, data, str(run_dir))
+    teacher, role = None, "distilled"
     if isinstance(cfg, DistillRunConfig):
         record = recorded_teacher(run_dir)
         teacher = load_teacher(record["path"] if record and Path(record["path"]).is_dir() else cfg.teacher)
         check_same_teacher(run_dir, teacher)
-        teacher_logits = predict_logits(teacher.model, data.split(split).inputs)
-        role = "distilled"
     else:
         role = cfg.role
-    part = data.split(split)
-    teacher_sha = teacher.weights_sha256 if isinstance(cfg, DistillRunConfig) else None
-    row = evaluate_model(model, part.inputs, part.labels, name=cfg.name, role=role, dataset=data.name, split=split,
-                         weights_path=run_dir / BEST, teacher_logits=teacher_logits, seeds=[cfg.seed],
-                         config_sha256=cfg.sha256())
-    if teacher_sha:
-        row["teacher_sha256"] = teacher_sha
+    row = _report_row(model, data, split, cfg, role, run_dir / BEST, teacher)
     write_report([row], run_dir / ("report.json" if split == "test" and not data_overrides else f"report-{split}.json"))
     return row
