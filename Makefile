@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision
+.PHONY: demo test venv clean bench bench-vision bench-speed
 
 venv: $(STAMP)
 
@@ -26,7 +26,10 @@ test: $(STAMP)
 bench-vision: $(STAMP)
 	$(BIN)/python benchmarks/vision_kd.py
 
-bench: bench-vision
+bench-speed: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+bench: bench-vision bench-speed
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace a finished (or different unfinished) run in `out`")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
+    c_text = "precompute the teacher's logits (distill.cache: views, top_k, dir) for a distill config"
+    c = sub.add_parser("cache-teacher", help=c_text, description=c_text + ". `kdistill distill` reads the cache with "
+                       "distill.teacher_outputs=cached (and builds it on first use). Overrides are dotted key=value pairs, "
+                       "e.g. distill.cache.views=10.")
+    c.add_argument("config", help="YAML distill config")
+    c.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="dotted overrides of config keys")
+    c.add_argument("--rebuild", action="store_true", help="rebuild the cache even if one exists (e.g. built for another teacher)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
     e = sub.add_parser("evaluate", help="accuracy + efficiency of one trained model")
     e.add_argument("run_dir", help="a run directory written by train or distill")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
@@ -73,6 +82,15 @@ def _cmd_train_or_distill(args: argparse.Namespace) -> None:
     print(f"run directory: {cfg.out_dir()}  ({time.perf_counter() - t0:.1f} s)")
 
 
+def _cmd_cache_teacher(args: argparse.Namespace) -> None:
+    from kdistill.config import DistillRunConfig, load_config
+    from kdistill.runner import run_cache_teacher
+
+    cfg = load_config(args.config, args.overrides, DistillRunConfig)
+    cache = run_cache_teacher(cfg, rebuild=args.rebuild, progress=not args.quiet)
+    print(f"teacher cache: {cache.path}")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from kdistill.report import format_table
     from kdistill.runner import evaluate_run
@@ -92,7 +110,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     print(f"\nreport: {args.out}/report.json, {args.out}/report.md  (quickstart took {time.perf_counter() - t0:.1f} s)")
 
 
-COMMANDS = {"train": _cmd_train_or_distill, "distill": _cmd_train_or_distill, "evaluate": _cmd_evaluate, "quickstart": _cmd_quickstart}
+COMMANDS = {"train": _cmd_train_or_distill, "distill": _cmd_train_or_distill, "cache-teacher": _cmd_cache_teacher,
+            "evaluate": _cmd_evaluate, "quickstart": _cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

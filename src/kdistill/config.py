@@ -76,15 +76,36 @@ class TrainConfig(_Strict):
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
 
+class CacheConfig(_Strict):
+    """Where and how `teacher_outputs: cached` stores the teacher's logits (docs/design.md, "Teacher output cache").
+
+    `views`: augmented versions of every training sample (their augmentation choices are
+    stored too); `top_k`: keep only the k largest log-probabilities per view plus the
+    leftover mass (for many classes); `dir`: default `<teacher run>/teacher-cache/<name>`.
+    """
+
+    views: int = Field(1, ge=1, le=1000)
+    dir: str | None = None
+    top_k: int | None = Field(None, ge=1)
+    dtype: Literal["float16", "float32"] = "float16"
+    seed: int = Field(0, ge=0, lt=2**31, description="seed of the views' augmentation choices")
+    batch_size: int = Field(1024, gt=0, description="teacher batch while building")
+
+
 class DistillConfig(BaseModel):
     """`method` picks the Method; every other key is a hyperparameter of that method.
 
     The method validates its own hyperparameters (unknown ones are named in the error).
+    `teacher_outputs`: `live` runs the teacher on every batch; `cached` reads its logits from
+    a cache built once (`kdistill cache-teacher`, or on first use). `teacher_precision: bf16`
+    runs a live teacher (and the cache build) under bf16 autocast.
     """
 
     model_config = ConfigDict(extra="allow")
     method: str = "kd"
-    teacher_outputs: Literal["live"] = "live"
+    teacher_outputs: Literal["live", "cached"] = "live"
+    teacher_precision: Literal["fp32", "bf16"] = "fp32"
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     def method_params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

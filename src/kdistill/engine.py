@@ -1,8 +1,9 @@
 """The training loop, shared by `train` (labels only) and `distill` (teacher + student).
 
 Read top to bottom: build optimiser and schedule, resume if a checkpoint exists, then per
-epoch: shuffle (seeded by epoch), forward the student in train mode, ask the frozen
-teacher for its logits, let the Method turn them into weighted loss terms, sum, step;
+epoch: shuffle (seeded by epoch), augment (or, with a teacher cache, re-create a stored
+view), forward the student in train mode, ask the frozen teacher (or the cache) for its
+logits, let the Method turn them into weighted loss terms, sum, step;
 validate in eval mode; write metrics, weights, and the resume checkpoint last (the
 commit point), so a run killed anywhere restarts from its last completed epoch and ends
 with the same weights as an uninterrupted run.
@@ -17,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from kdistill.inference import accuracy, predict_logits
 from kdistill.methods.base import Method
 from kdistill.models import save_weights
 from kdistill.teachers import FrozenTeacher
+
+if TYPE_CHECKING:
+    from kdistill.teacher_cache import TeacherCache
 
 CHECKPOINT = "state/checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -136,9 +140,15 @@ def fit(
     eval_batch_size: int = 512,
     teacher: FrozenTeacher | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    cache: TeacherCache | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train `student` with `method` (and `teacher`, if the method needs one); write the run directory."""
+    """Train `student` with `method` (and `teacher`, if the method needs one); write the run directory.
+
+    With `cache`, the teacher's logits and each sample's augmentation come from the cache
+    (one stored view drawn per sample per epoch) and `teacher` and `augment` are not used
+    in training.
+    """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     student.to(device)
@@ -147,7 +157,7 @@ def fit(
         teacher.to(device)
     run_dir = Path(run_dir)
     (run_dir / "state").mkdir(parents=True, exist_ok=True)
-    if method.needs_teacher and teacher is None:
+    if method.needs_teacher and teacher is None and cache is None:
         raise ValueError(f"method {method.name!r} needs a teacher")
     trainable = list(student.parameters()) + list(method.parameters())
     if teacher is not None:
@@ -191,13 +201,18 @@ def fit(
                    disable=None if progress else True, unit="batch")
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(iterate_batches(data.train, batch_size, shuffle=True, generator=generator, drop_last=drop_last)):
-            if augment is not None:
+            teacher_logits = None
+            if cache is not None:
+                batch, teacher_logits = cache.targets(batch, generator)
+            elif augment is not None:
                 batch = Batch(augment(batch.inputs, generator), batch.labels, batch.index)
             if device.type != "cpu":
                 batch = Batch(batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True), batch.index)
+                teacher_logits = teacher_logits.to(device, non_blocking=True) if teacher_logits is not None else None
             with autocast():
                 student_logits = student(batch.inputs)
-                teacher_logits = teacher(batch.inputs) if method.needs_teacher else None
+                if cache is None and method.needs_teacher:
+                    teacher_logits = teacher(batch.inputs)
                 terms = method(batch, student_logits, teacher_logits)
             loss = sum(terms.values())
             group_start = i - i % cfg.grad_accum  # the last group of an epoch may be short: weight by its real size

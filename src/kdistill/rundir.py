@@ -19,8 +19,10 @@ from kdistill.errors import KdistillError
 
 RUN_MARKERS = ("config.yaml", "model.json")
 # Everything a train/distill/evaluate run writes at the top of its directory.
+# `teacher-cache` holds a teacher's output caches (kdistill.teacher_cache): retraining the
+# teacher with --overwrite removes them with the rest, as they describe the old weights.
 RUN_FILES = {"config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "state",
-             "report.json", "report-val.json", "report-train.json", "report-test.json"}
+             "report.json", "report-val.json", "report-train.json", "report-test.json", "teacher-cache"}
 
 
 def is_run_dir(path: Path) -> bool:

@@ -6,8 +6,10 @@ is touched (data loads, models build, a dry forward pass of student, teacher and
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 
 from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, dump_config, format_validation_error, validate_config
 from kdistill.data import DataSplits, load_dataset
-from kdistill.data.augment import build_augmentation
+from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
 from kdistill.engine import BEST, fit, resolve_device, seed_everything
 from kdistill.errors import KdistillError
@@ -26,6 +28,7 @@ from kdistill.methods import Method, build_method
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, write_report
 from kdistill.rundir import check_out_dir, prepare_run_dir
+from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
 from kdistill.teachers import FrozenTeacher, check_same_teacher, load_teacher, record_teacher, recorded_teacher
 
 
@@ -85,6 +88,7 @@ def _train_and_report(
     role: str,
     overwrite: bool,
     progress: bool,
+    get_cache: Callable[[Augmenter | None], TeacherCache | None] | None = None,
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
@@ -93,11 +97,12 @@ def _train_and_report(
     check_out_dir(out, protected=[Path(teacher.source)] if teacher is not None and teacher.source else [])
     if teacher is not None and not overwrite and not (out / "report.json").exists():
         check_same_teacher(out, teacher)  # resuming with a retrained teacher would mix two teachers
+    cache = get_cache(augment) if get_cache is not None else None  # built (if needed) before the run dir is touched
     prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
     if teacher is not None:
         record_teacher(out, teacher)
     fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, progress=progress)
+        eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, cache=cache, progress=progress)
     # Evaluation (and its latency numbers) is on the CPU, whatever device trained the model.
     student.cpu()
     if teacher is not None:
@@ -118,16 +123,69 @@ def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = 
     return _train_and_report(cfg, model, spec, method, None, data, cfg.role, overwrite, progress)
 
 
-def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Distil `cfg.teacher` into `cfg.student`; returns the test report row."""
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = Path(os.path.abspath(a)), Path(os.path.abspath(b))
+    return a == b or a in b.parents or b in a.parents
+
+
+def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher, data: DataSplits,
+                   augment: Augmenter | None, *, rebuild: bool = False, progress: bool = True) -> TeacherCache:
+    """Open the cache `cfg.distill.cache` describes, building it if absent or interrupted (or if `rebuild`)."""
+    ccfg = cfg.distill.cache
+    if not method.needs_teacher:
+        raise KdistillError(f"distill.method {method.name!r} with these weights does not use the teacher; there is nothing to cache")
+    if method.reads_teacher_features:
+        raise KdistillError(f"distill.method {method.name!r} reads the teacher's intermediate features, which a cache "
+                            "does not hold; set distill.teacher_outputs=live")
+    if ccfg.views > 1 and augment is None:
+        raise KdistillError(f"distill.cache.views={ccfg.views} needs data.augment: without augmentation every view "
+                            "is the same image; use distill.cache.views=1")
+    if ccfg.top_k is not None and ccfg.top_k >= data.num_classes:
+        raise KdistillError(f"distill.cache.top_k={ccfg.top_k} must be smaller than the number of classes ({data.num_classes})")
+    if ccfg.dir:
+        path = Path(ccfg.dir)
+    elif teacher.source:
+        path = default_cache_dir(teacher.source, data.name, augment, ccfg, teacher.precision)
+    else:
+        raise KdistillError("distill.cache.dir is required when the teacher is not a run directory")
+    if _overlaps(path, cfg.out_dir()):
+        raise KdistillError(f"distill.cache.dir {path} overlaps the run directory {cfg.out_dir()}; set another distill.cache.dir")
+    fingerprint = cache_fingerprint(teacher, data.name, data.train, data.classes, augment, ccfg)
+    device = resolve_device(cfg.train.device)
+    cache, built = open_or_build_cache(path, teacher, data.train, data.num_classes, augment, ccfg, fingerprint, device,
+                                       rebuild=rebuild, progress=progress)
+    teacher.to("cpu")
+    took = f", built in {cache.header['seconds']:.1f} s" if built else ""
+    print(f"kdistill: teacher cache {path}: {len(data.train)} samples x {ccfg.views} view(s), "
+          f"{cache.size_bytes() / 1e6:.1f} MB{took}", file=sys.stderr)
+    return cache
+
+
+def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher, Method]:
     data = load_dataset(cfg.data)
-    teacher = load_teacher(cfg.teacher)
+    teacher = load_teacher(cfg.teacher, precision=cfg.distill.teacher_precision)
     _check_fits(teacher.spec, data, f"teacher {teacher.source}")
     method = build_method(cfg.distill.method, cfg.distill.method_params())
+    return data, teacher, method
+
+
+def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Distil `cfg.teacher` into `cfg.student`; returns the test report row."""
+    data, teacher, method = _distill_setup(cfg)
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.num_classes, where="student")
     spec = model_spec(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.classes)
-    return _train_and_report(cfg, student, spec, method, teacher, data, "distilled", overwrite, progress)
+    get_cache = None
+    if cfg.distill.teacher_outputs == "cached" and method.needs_teacher:
+        get_cache = lambda augment: _teacher_cache(cfg, method, teacher, data, augment, progress=progress)  # noqa: E731
+    return _train_and_report(cfg, student, spec, method, teacher, data, "distilled", overwrite, progress, get_cache)
+
+
+def run_cache_teacher(cfg: DistillRunConfig, *, rebuild: bool = False, progress: bool = True) -> TeacherCache:
+    """`kdistill cache-teacher`: build (or check) the teacher cache a distill config describes."""
+    data, teacher, method = _distill_setup(cfg)
+    augment = build_augmentation(cfg.data.augment, data.input_shape)
+    return _teacher_cache(cfg, method, teacher, data, augment, rebuild=rebuild, progress=progress)
 
 
 def read_run_config(run_dir: Path) -> TrainRunConfig | DistillRunConfig:

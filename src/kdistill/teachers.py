@@ -20,15 +20,18 @@ class FrozenTeacher:
     every call under `torch.inference_mode` (no autograd graph, no version counters).
 
     It is not an nn.Module on purpose: it never appears in the student's parameters,
-    state dict or optimizer.
+    state dict or optimizer. `precision="bf16"` runs it under bf16 autocast (its logits
+    come back as float32 either way).
     """
 
-    def __init__(self, model: nn.Module, spec: dict[str, Any] | None = None, source: str = "", weights_sha256: str | None = None):
+    def __init__(self, model: nn.Module, spec: dict[str, Any] | None = None, source: str = "",
+                 weights_sha256: str | None = None, precision: str = "fp32"):
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.spec = spec or {}
         self.source = source
         self.weights_sha256 = weights_sha256
+        self.precision = precision
 
     def to(self, device: torch.device | str) -> "FrozenTeacher":
         self.model.to(device)
@@ -42,10 +45,13 @@ class FrozenTeacher:
         if any(m.training for m in self.model.modules()):  # something flipped a submodule to train mode: put it back
             self.model.eval()
         with torch.inference_mode():
+            if self.precision == "bf16":
+                with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+                    return self.model(inputs).float()
             return self.model(inputs)
 
 
-def load_teacher(run_dir: str | Path) -> FrozenTeacher:
+def load_teacher(run_dir: str | Path, precision: str = "fp32") -> FrozenTeacher:
     """Load a teacher from a kdistill run directory (model.json + model.safetensors)."""
     path = Path(run_dir)
     if not path.exists():
@@ -53,7 +59,8 @@ def load_teacher(run_dir: str | Path) -> FrozenTeacher:
     if not (path / "model.json").is_file():
         raise KdistillError(f"teacher: {path} is not a kdistill run directory (no model.json); train one with `kdistill train`")
     model, spec = load_run_model(path)
-    return FrozenTeacher(model, spec, source=str(path), weights_sha256=file_sha256(path / "model.safetensors"))
+    return FrozenTeacher(model, spec, source=str(path), weights_sha256=file_sha256(path / "model.safetensors"),
+                         precision=precision)
 
 
 def file_sha256(path: Path) -> str:

@@ -30,6 +30,9 @@ class Method(nn.Module):
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
+    # True for methods that read the teacher's intermediate features (hooks): they need a live
+    # teacher, since the teacher output cache holds logits only.
+    reads_teacher_features: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams):
         super().__init__()

@@ -1,0 +1,325 @@
+"""Teacher output cache: the teacher's logits for every training sample, computed once.
+
+The teacher never changes during distillation, so its outputs can be stored instead of
+recomputed every epoch (FKD, Shen & Xing, ECCV 2022, stores soft labels per augmented crop;
+DistillKit stores top-k log-probabilities). For every training sample the cache holds
+`views` augmented versions: the augmentation choices of each view (crop offsets, flip) and
+the teacher's logits on exactly that image. Each epoch the engine draws one stored view per
+sample, re-creates the image from the stored choices, and shows it to the student, so the
+student and the teacher see the same pixels.
+
+On disk (a directory, numpy `.npy` files read as memory maps):
+
+    header.json         format, fingerprint, shapes, "complete": true once fully written
+    logits.npy          (N, views, C) float16/float32         (dense)
+    topk_logprobs.npy   (N, views, k) log-probabilities        (top_k)
+    topk_index.npy      (N, views, k) int32 class indices      (top_k)
+    rest_logmass.npy    (N, views)   float32 log of the probability mass outside the top k
+    params.npy          (N, views, P) int16 augmentation choices (P = 0 without augmentation)
+
+A cache is built in a sibling `<dir>.building-<pid>` directory and renamed into place only
+when complete, so an interrupted build never looks like a cache; a directory without a
+complete header (or with files of the wrong shape) is detected and rebuilt. The fingerprint
+(teacher weights hash, data set identity and content hash of the training split,
+augmentation, views, seed, dtype, top_k, teacher precision) must equal the current
+config's: a mismatch is an error that names what differs, or a rebuild when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kdistill.config import CacheConfig
+from kdistill.data.augment import Augmenter
+from kdistill.data.splits import Batch, Split
+from kdistill.errors import KdistillError
+from kdistill.teachers import FrozenTeacher
+
+CACHE_FORMAT = 1
+HEADER = "header.json"
+CACHE_ROOT = "teacher-cache"  # default location, inside the teacher's run directory
+
+
+def split_sha256(split: Split) -> str:
+    """Content hash of a split (inputs and labels, in order): the cache's data identity."""
+    digest = hashlib.sha256()
+    for tensor in (split.inputs, split.labels):
+        array = np.ascontiguousarray(tensor.numpy())
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def cache_fingerprint(teacher: FrozenTeacher, data_name: str, train: Split, classes: list[str],
+                      augmenter: Augmenter | None, cfg: CacheConfig) -> dict[str, Any]:
+    """Everything the stored logits depend on; two caches are interchangeable iff these are equal."""
+    return {
+        "format": CACHE_FORMAT,
+        "teacher_sha256": teacher.weights_sha256,
+        "teacher_model": {k: teacher.spec.get(k) for k in ("name", "kwargs")},
+        "teacher_precision": teacher.precision,
+        "data": {"name": data_name, "split": "train", "samples": len(train), "classes": classes,
+                 "content_sha256": split_sha256(train)},
+        "augment": augmenter.describe() if augmenter is not None else [],
+        "views": cfg.views,
+        "seed": cfg.seed,
+        "dtype": cfg.dtype,
+        "top_k": cfg.top_k,
+    }
+
+
+def default_cache_dir(teacher_dir: str | Path, data_name: str, augmenter: Augmenter | None, cfg: CacheConfig,
+                      teacher_precision: str) -> Path:
+    """`<teacher>/teacher-cache/<data>-v<views>[-top<k>]-<hash of the chosen settings>`: one folder per setting."""
+    settings = json.dumps([data_name, augmenter.describe() if augmenter else [], cfg.views, cfg.seed, cfg.dtype,
+                           cfg.top_k, teacher_precision], sort_keys=True)
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:10]
+    top = f"-top{cfg.top_k}" if cfg.top_k else ""
+    return Path(teacher_dir) / CACHE_ROOT / f"{data_name}-v{cfg.views}{top}-{tag}"
+
+
+def _differences(found: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(found) | set(wanted)):
+        a, b = found.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            shown = [str(x)[:12] + "..." if isinstance(x, str) and len(x) > 16 else json.dumps(x) for x in (a, b)]
+            out.append(f"{prefix}{key} {shown[0]} (cache) vs {shown[1]} (now)")
+    return out
+
+
+class TeacherCache:
+    """An opened, complete cache: draws a stored view per sample and returns (augmented batch, teacher logits)."""
+
+    def __init__(self, path: Path, header: dict[str, Any], augmenter: Augmenter | None):
+        self.path = Path(path)
+        self.header = header
+        self.augmenter = augmenter
+        self.views = int(header["fingerprint"]["views"])
+        self.num_classes = int(header["num_classes"])
+        self.top_k = header["fingerprint"]["top_k"]
+        self.params = np.load(self.path / "params.npy", mmap_mode="r")
+        if self.top_k:
+            self.topk_logprobs = np.load(self.path / "topk_logprobs.npy", mmap_mode="r")
+            self.topk_index = np.load(self.path / "topk_index.npy", mmap_mode="r")
+            self.rest_logmass = np.load(self.path / "rest_logmass.npy", mmap_mode="r")
+        else:
+            self.logits = np.load(self.path / "logits.npy", mmap_mode="r")
+
+    def stored_logits(self, index: np.ndarray, view: np.ndarray) -> torch.Tensor:
+        """Teacher logits (B, C) float32 of the given samples' given views.
+
+        With top_k, the dense row is rebuilt as log-probabilities: the k stored ones, and the
+        leftover mass spread evenly over the other C - k classes (so softmax(row) sums to 1
+        and matches the teacher's probabilities on its top k classes exactly, at T = 1).
+        """
+        if not self.top_k:
+            return torch.from_numpy(np.asarray(self.logits[index, view], dtype=np.float32))
+        values = torch.from_numpy(np.asarray(self.topk_logprobs[index, view], dtype=np.float32))
+        where = torch.from_numpy(np.asarray(self.topk_index[index, view], dtype=np.int64))
+        rest = torch.from_numpy(np.asarray(self.rest_logmass[index, view], dtype=np.float32))
+        fill = rest - math.log(self.num_classes - self.top_k)
+        dense = fill[:, None].expand(len(index), self.num_classes).clone()
+        return dense.scatter_(1, where, values)
+
+    def targets(self, batch: Batch, generator: torch.Generator) -> tuple[Batch, torch.Tensor]:
+        """Pick one stored view per sample (drawn from `generator`), re-create it, return it with its logits."""
+        n = batch.labels.shape[0]
+        index = batch.index.numpy()
+        view = torch.randint(self.views, (n,), generator=generator).numpy() if self.views > 1 else np.zeros(n, dtype=np.int64)
+        inputs = batch.inputs
+        if self.augmenter is not None:
+            params = torch.from_numpy(np.asarray(self.params[index, view], dtype=np.int64))
+            inputs = self.augmenter.apply(inputs, params)
+        return Batch(inputs, batch.labels, batch.index), self.stored_logits(index, view)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def _expected_shapes(header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    fp = header["fingerprint"]
+    n, v, c, k = fp["data"]["samples"], fp["views"], header["num_classes"], fp["top_k"]
+    shapes = {"params.npy": (n, v, len(header["param_columns"]))}
+    if k:
+        shapes.update({"topk_logprobs.npy": (n, v, k), "topk_index.npy": (n, v, k), "rest_logmass.npy": (n, v)})
+    else:
+        shapes["logits.npy"] = (n, v, c)
+    return shapes
+
+
+def _read_complete_header(path: Path) -> dict[str, Any] | None:
+    """The header of a complete, intact cache directory; None when it is incomplete or damaged."""
+    try:
+        header = json.loads((path / HEADER).read_text())
+        if not header.get("complete"):
+            return None
+        for name, shape in _expected_shapes(header).items():
+            array = np.load(path / name, mmap_mode="r")
+            if tuple(array.shape) != tuple(shape):
+                return None
+        return header
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+CACHE_FILES = {HEADER, HEADER + ".tmp", "params.npy", "logits.npy", "topk_logprobs.npy", "topk_index.npy", "rest_logmass.npy"}
+
+
+def _check_replaceable(path: Path) -> None:
+    """Only an empty folder or one holding kdistill's cache files may be (re)built over: never a user's folder."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise KdistillError(f"teacher cache {path} exists and is not a directory; set distill.cache.dir=<another dir>")
+    if path.is_dir():
+        entries = {p.name for p in path.iterdir()}
+        if entries and (HEADER not in entries or not entries <= CACHE_FILES):
+            raise KdistillError(f"teacher cache {path} is a folder that holds other files, not a kdistill cache; "
+                                "set distill.cache.dir=<another dir>")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(path: Path) -> None:
+    """Delete `<dir>.building-<pid>` folders left by builds that were killed (their process is gone)."""
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.glob(f"{path.name}.building-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _write_header(path: Path, header: dict[str, Any]) -> None:
+    tmp = path / (HEADER + ".tmp")
+    tmp.write_text(json.dumps(header, indent=2) + "\n")
+    tmp.replace(path / HEADER)
+
+
+def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: int, augmenter: Augmenter | None,
+                cfg: CacheConfig, fingerprint: dict[str, Any], device: torch.device, progress: bool = True) -> TeacherCache:
+    """Run the teacher over `views` augmented passes of `train` and store logits + augmentation choices.
+
+    View v's choices are drawn from a generator seeded with `cfg.seed * 1_000_003 + v`, for
+    the whole split at once; the teacher runs in batches of `cfg.batch_size` on `device`.
+    """
+    path = Path(path)
+    if cfg.top_k is not None and cfg.top_k >= num_classes:
+        raise KdistillError(f"distill.cache.top_k={cfg.top_k} must be smaller than the number of classes ({num_classes})")
+    _remove_stale_builds(path)
+    work = path.with_name(f"{path.name}.building-{os.getpid()}")
+    started = time.perf_counter()
+    n, views = len(train), cfg.views
+    columns = list(augmenter.columns) if augmenter is not None else []
+    header = {"format": CACHE_FORMAT, "complete": False, "fingerprint": fingerprint, "num_classes": num_classes,
+              "param_columns": columns, "created_by": "kdistill cache-teacher"}
+    try:
+        work.mkdir(parents=True)
+        _write_header(work, header)
+        dtype = np.float16 if cfg.dtype == "float16" else np.float32
+        params_out = np.lib.format.open_memmap(work / "params.npy", mode="w+", dtype=np.int16, shape=(n, views, len(columns)))
+        if cfg.top_k:
+            k = cfg.top_k
+            top_values = np.lib.format.open_memmap(work / "topk_logprobs.npy", mode="w+", dtype=dtype, shape=(n, views, k))
+            top_index = np.lib.format.open_memmap(work / "topk_index.npy", mode="w+", dtype=np.int32, shape=(n, views, k))
+            rest = np.lib.format.open_memmap(work / "rest_logmass.npy", mode="w+", dtype=np.float32, shape=(n, views))
+        else:
+            logits_out = np.lib.format.open_memmap(work / "logits.npy", mode="w+", dtype=dtype, shape=(n, views, num_classes))
+        teacher.to(device)
+        bar = tqdm(total=n * views, desc="teacher cache", unit="sample", leave=False, disable=None if progress else True)
+        for v in range(views):
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + v)
+            params = augmenter.draw(n, generator) if augmenter is not None else torch.zeros(n, 0, dtype=torch.long)
+            params_out[:, v] = params.numpy().astype(np.int16)
+            for start in range(0, n, cfg.batch_size):
+                stop = min(n, start + cfg.batch_size)
+                inputs = train.inputs[start:stop]
+                if augmenter is not None:
+                    inputs = augmenter.apply(inputs, params[start:stop])
+                logits = teacher(inputs.to(device)).float().cpu()
+                if cfg.top_k:
+                    logprobs = torch.log_softmax(logits, dim=-1)
+                    values, where = logprobs.topk(cfg.top_k, dim=-1)
+                    top_values[start:stop, v] = values.numpy().astype(dtype)
+                    top_index[start:stop, v] = where.numpy().astype(np.int32)
+                    rest[start:stop, v] = torch.logsumexp(logprobs.scatter(1, where, float("-inf")), dim=-1).numpy()
+                else:
+                    logits_out[start:stop, v] = logits.numpy().astype(dtype)
+                bar.update(stop - start)
+        bar.close()
+        arrays = [params_out] + ([top_values, top_index, rest] if cfg.top_k else [logits_out])
+        for array in arrays:
+            array.flush()
+        del arrays, params_out
+        header.update(complete=True, seconds=round(time.perf_counter() - started, 3), device=str(device))
+        _write_header(work, header)
+        if path.exists():  # a stale or mismatched cache being rebuilt: swap it out, then delete it
+            old = path.with_name(f"{path.name}.old-{os.getpid()}")
+            path.replace(old)
+            shutil.rmtree(old, ignore_errors=True)
+        work.replace(path)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise KdistillError(f"cannot write the teacher cache at {path}: {exc.strerror or exc}; "
+                            "set distill.cache.dir=<a writable directory>") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # interrupted: leave nothing that could pass for a cache
+        raise
+    return TeacherCache(path, header, augmenter)
+
+
+def open_cache(path: Path, fingerprint: dict[str, Any], augmenter: Augmenter | None) -> TeacherCache | None:
+    """Open a complete cache whose fingerprint matches; None when there is none (or only an interrupted one).
+
+    A complete cache with a different fingerprint is a KdistillError naming what differs.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    _check_replaceable(path)
+    header = _read_complete_header(path)
+    if header is None:
+        return None
+    if header.get("fingerprint") != fingerprint:
+        diff = _differences(header.get("fingerprint") or {}, fingerprint)
+        raise KdistillError(
+            f"teacher cache {path} was built for another setting ({'; '.join(diff[:3])}); "
+            "rebuild it with `kdistill cache-teacher CONFIG --rebuild`, or set distill.cache.dir=<another dir>"
+        )
+    return TeacherCache(path, header, augmenter)
+
+
+def open_or_build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: int, augmenter: Augmenter | None,
+                        cfg: CacheConfig, fingerprint: dict[str, Any], device: torch.device, *,
+                        rebuild: bool = False, progress: bool = True) -> tuple[TeacherCache, bool]:
+    """The matching cache at `path`, built if absent, interrupted or (with `rebuild`) mismatched; (cache, built?)."""
+    path = Path(path)
+    _check_replaceable(path)
+    if not rebuild:
+        cache = open_cache(path, fingerprint, augmenter)
+        if cache is not None:
+            return cache, False
+        if path.exists() and any(path.iterdir()):
+            print(f"kdistill: teacher cache {path} is incomplete (an interrupted build?); rebuilding it", file=sys.stderr)
+    return build_cache(path, teacher, train, num_classes, augmenter, cfg, fingerprint, device, progress), True
