@@ -96,6 +96,8 @@ class DistillConfig(BaseModel):
     """`method` picks the Method; every other key is a hyperparameter of that method.
 
     The method validates its own hyperparameters (unknown ones are named in the error).
+    `terms` adds weighted terms of other methods, e.g. `{method: at, weight: 1000, student:
+    stage2, teacher: stage2}` (see kdistill.methods.combined).
     `teacher_outputs`: `live` runs the teacher on every batch; `cached` reads its logits from
     a cache built once (`kdistill cache-teacher`, or on first use). `teacher_precision: bf16`
     runs a live teacher (and the cache build) under bf16 autocast.
@@ -103,6 +105,7 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     method: str = "kd"
+    terms: list[dict[str, Any]] = Field(default_factory=list, description="extra weighted terms: {method, weight, ...}")
     teacher_outputs: Literal["live", "cached"] = "live"
     teacher_precision: Literal["fp32", "bf16"] = "fp32"
     cache: CacheConfig = Field(default_factory=CacheConfig)

@@ -193,6 +193,7 @@ def fit(
         t0 = time.perf_counter()
         student.train()
         method.train()
+        method.start_epoch(epoch, cfg.epochs)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         sums: dict[str, float] = {}
         last_lr = optimizer.param_groups[0]["lr"]

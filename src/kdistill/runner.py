@@ -24,7 +24,7 @@ from kdistill.data.splits import Batch
 from kdistill.engine import BEST, fit, resolve_device, seed_everything
 from kdistill.errors import KdistillError
 from kdistill.inference import predict_logits
-from kdistill.methods import Method, build_method
+from kdistill.methods import Method, build_distill_method, build_method
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, write_report
 from kdistill.rundir import check_out_dir, prepare_run_dir
@@ -36,6 +36,7 @@ def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, 
     """Run two training samples through everything, so shape errors surface before any file is written."""
     batch = Batch(data.train.inputs[:2], data.train.labels[:2], torch.arange(2))
     state = {k: v.clone() for k, v in student.state_dict().items()}  # BatchNorm stats must not move
+    method_state = {k: v.clone() for k, v in method.state_dict().items()}  # nor those of a connector
     student.train()
     try:
         logits = student(batch.inputs)
@@ -47,7 +48,9 @@ def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, 
         raise KdistillError(f"a dry run of the first batch failed: {str(exc).splitlines()[0]}") from None
     finally:
         student.load_state_dict(state)
+        method.load_state_dict(method_state)
         student.zero_grad(set_to_none=True)
+        method.zero_grad(set_to_none=True)
 
 
 def _check_fits(spec: dict[str, Any], data: DataSplits, who: str) -> None:
@@ -92,17 +95,22 @@ def _train_and_report(
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
-    _dry_run(student, method, teacher, data)
-    out = cfg.out_dir()
-    check_out_dir(out, protected=[Path(teacher.source)] if teacher is not None and teacher.source else [])
-    if teacher is not None and not overwrite and not (out / "report.json").exists():
-        check_same_teacher(out, teacher)  # resuming with a retrained teacher would mix two teachers
-    cache = get_cache(augment) if get_cache is not None else None  # built (if needed) before the run dir is touched
-    prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
-    if teacher is not None:
-        record_teacher(out, teacher)
-    fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, cache=cache, progress=progress)
+    # Feature methods hook their layers and size their connectors now, before the optimiser exists.
+    method.bind(student, teacher.model if teacher is not None else None, data.train.inputs[:2])
+    try:
+        _dry_run(student, method, teacher, data)
+        out = cfg.out_dir()
+        check_out_dir(out, protected=[Path(teacher.source)] if teacher is not None and teacher.source else [])
+        if teacher is not None and not overwrite and not (out / "report.json").exists():
+            check_same_teacher(out, teacher)  # resuming with a retrained teacher would mix two teachers
+        cache = get_cache(augment) if get_cache is not None else None  # built (if needed) before the run dir is touched
+        prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
+        if teacher is not None:
+            record_teacher(out, teacher)
+        fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
+            eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, cache=cache, progress=progress)
+    finally:
+        method.unbind()  # no hooks stay on the models
     # Evaluation (and its latency numbers) is on the CPU, whatever device trained the model.
     student.cpu()
     if teacher is not None:
@@ -165,7 +173,7 @@ def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher, Me
     data = load_dataset(cfg.data)
     teacher = load_teacher(cfg.teacher, precision=cfg.distill.teacher_precision)
     _check_fits(teacher.spec, data, f"teacher {teacher.source}")
-    method = build_method(cfg.distill.method, cfg.distill.method_params())
+    method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
     return data, teacher, method
 
 

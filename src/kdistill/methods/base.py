@@ -43,6 +43,16 @@ class Method(nn.Module):
     ) -> dict[str, torch.Tensor]:
         raise TypeError(f"{type(self).__name__} must implement forward()")
 
+    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
+        """Called once before training (and before the optimiser is built) with both models and two
+        example inputs: feature methods hook their layers here and size their connectors."""
+
+    def unbind(self) -> None:
+        """Remove whatever `bind` attached to the models (forward hooks)."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the engine before each epoch (0-based), for warm-ups and schedules of a loss weight."""
+
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -51,6 +61,39 @@ def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a Method available by its `name` in `distill.method`."""
     METHODS[cls.name] = cls
     return cls
+
+
+def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict[str, Any]]) -> Method:
+    """The main method (with its hyperparameters), combined with `distill.terms` when there are any.
+
+    `raw_params` holds the `distill` section's keys other than method/terms/cache settings.
+    A key that names a registered method is that method's own section (`kd: {temperature: 4}`):
+    every section is validated, and the selected method takes its section's values, overridden
+    by top-level keys. So one config can carry several methods' settings and
+    `distill.method=NAME` switches between them.
+    """
+    sections = {k: v for k, v in raw_params.items() if k in METHODS}
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            raise KdistillError(f"distill.{section}: the parameters of method {section!r} must be a mapping, e.g. {{temperature: 4}}")
+        build_method(section, values, where=f"distill.{section}")
+    top = {k: v for k, v in raw_params.items() if k not in METHODS}
+    main = build_method(name, {**sections.get(name, {}), **top})
+    if not terms:
+        return main
+    from kdistill.methods.combined import Combined
+
+    built = []
+    for i, term in enumerate(terms):
+        where = f"distill.terms[{i}]"
+        if not isinstance(term, dict) or not isinstance(term.get("method"), str):
+            raise KdistillError(f"{where}: a term is a mapping with a method name, e.g. {{method: at, weight: 1000}}")
+        params = {k: v for k, v in term.items() if k not in ("method", "weight")}
+        weight = term.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise KdistillError(f"{where}.weight must be a number >= 0 (got {weight!r})")
+        built.append((float(weight), build_method(term["method"], params, where=where)))
+    return Combined(main, built)
 
 
 def build_method(name: str, raw_params: dict[str, Any], where: str = "distill") -> Method:
@@ -63,5 +106,8 @@ def build_method(name: str, raw_params: dict[str, Any], where: str = "distill") 
     except ValidationError as exc:
         known = ", ".join(cls.Params.model_fields) or "none"
         message = format_validation_error(exc, f"{where} (method {name!r}, parameters: {known})")
-        raise KdistillError(message.replace("unknown key '", f"unknown parameter '{where}.")) from None
+        message = message.replace("unknown key '", f"unknown parameter '{where}.")
+        if where == "distill" and "unknown parameter" in message:
+            message += f"; settings of other methods go in their own section, e.g. distill.kd: {{temperature: 4}}"
+        raise KdistillError(message) from None
     return cls(params)
