@@ -26,6 +26,8 @@ METHOD_CASES = {
     "pkt": ({}, {"ce", "pkt"}),
     "rkd": ({}, {"ce", "rkd_distance", "rkd_angle"}),
     "sp": ({}, {"ce", "sp"}),
+    "tf_kd": ({}, {"ce", "tf_kd"}),
+    "dml": ({}, {"ce", "dml", "peer_ce", "peer_dml"}),
 }
 
 
@@ -154,3 +156,115 @@ def test_a_failed_bind_leaves_no_hooks(teacher_run):
     with pytest.raises(KdistillError):
         method.bind(student, teacher.model, torch.zeros(2, 1, 8, 8))
     assert all(not m._forward_hooks for m in list(student.modules()) + list(teacher.model.modules()))
+
+
+# --- teacher-free, mutual, ensemble and chained teachers ---------------------------------------
+
+def test_tf_kd_virtual_teacher_and_loss_match_the_paper():
+    import math
+
+    from kdistill.data.splits import Batch
+    from kdistill.methods.tf_kd import virtual_teacher_logits
+
+    labels = torch.tensor([2, 0, 4])
+    probs = torch.softmax(virtual_teacher_logits(labels, 5, 0.9), dim=-1)
+    for row, y in zip(probs.tolist(), labels.tolist()):
+        assert all(math.isclose(p, 0.9 if c == y else 0.025, rel_tol=1e-6) for c, p in enumerate(row))
+    s = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    method = build_distill_method("tf_kd", {"alpha": 0.7, "temperature": 2.0, "correct_prob": 0.9}, [])
+    terms = method(Batch(torch.zeros(3, 1), labels, torch.arange(3)), s, None)
+    expected = 0.0
+    for zs, y in zip(s.tolist(), labels.tolist()):
+        pd = [0.9 if c == y else 0.025 for c in range(5)]
+        pd_t = [p ** 0.5 for p in pd]  # softmax(log p / 2)
+        pd_t = [p / sum(pd_t) for p in pd_t]
+        ps_t = [math.exp(z / 2) for z in zs]
+        ps_t = [p / sum(ps_t) for p in ps_t]
+        expected += sum(a * math.log(a / b) for a, b in zip(pd_t, ps_t))
+    expected = 0.7 * 4.0 * expected / 3
+    assert math.isclose(float(terms["tf_kd"]), expected, rel_tol=1e-4)
+    assert not method.needs_teacher
+
+
+def test_teacher_free_methods_run_without_a_teacher_and_others_ask_for_one(tmp_path):
+    for name in ("tf_kd", "dml"):
+        cfg = {"name": name, "data": {"name": "digits", "batch_size": 64}, "student": {"name": "mlp", "hidden": [16]},
+               "distill": {"method": name}, "train": {"epochs": 1}, "out": str(tmp_path / name)}
+        row = run_distill(validate_config(cfg, DistillRunConfig), progress=False)
+        assert row["role"] == "distilled" and row["agreement_with_teacher"] is None
+        assert not (tmp_path / name / "teacher.json").exists()
+        assert run_cli("evaluate", str(tmp_path / name)).returncode == 0
+    path = write_yaml(tmp_path / "kd.yaml", {**cfg, "distill": {"method": "kd"}, "out": str(tmp_path / "kd")})
+    result = run_cli("distill", str(path))
+    assert result.returncode == 2 and "teacher: missing; method 'kd' learns from a teacher" in result.stderr
+    assert not (tmp_path / "kd").exists()
+
+
+def test_dml_peer_trains_alongside_and_is_checkpointed(tmp_path):
+    cfg = {"name": "dml", "data": {"name": "digits", "batch_size": 64}, "student": {"name": "mlp", "hidden": [16]},
+           "distill": {"method": "dml", "peer": {"name": "mlp", "hidden": [32]}}, "train": {"epochs": 2},
+           "out": str(tmp_path / "dml")}
+    run_distill(validate_config(cfg, DistillRunConfig), progress=False)
+    state = torch.load(tmp_path / "dml" / "state" / "checkpoint.pt", weights_only=True)
+    peer = {k: v for k, v in state["method"].items() if k.startswith("peer.")}
+    assert peer and any(v.shape[0] == 32 for v in peer.values())
+    assert state["optimizer"]["param_groups"][0]["params"].__len__() == 4 + 4  # two Linear layers each: student mlp[16], peer mlp[32]
+
+
+def test_ensemble_teacher_averages_member_logits(tmp_path, teacher_run):
+    import shutil
+
+    from kdistill.models import load_run_model, save_weights
+    from kdistill.teachers import load_teacher
+
+    second = tmp_path / "second"
+    shutil.copytree(teacher_run, second)
+    model, _ = load_run_model(second)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    save_weights(model, second / "model.safetensors")
+    ensemble = load_teacher([str(teacher_run), str(second)])
+    x = torch.randn(5, 1, 8, 8)
+    a, b = load_teacher(teacher_run)(x), load_teacher(second)(x)
+    assert torch.allclose(ensemble(x), (a + b) / 2, atol=1e-6)
+    assert ensemble.weights_sha256 not in (load_teacher(teacher_run).weights_sha256, load_teacher(second).weights_sha256)
+
+    cfg = validate_config(_config(tmp_path, teacher_run, {"method": "kd"}, 1) | {"teacher": [str(teacher_run), str(second)]},
+                          DistillRunConfig)
+    run_distill(cfg, progress=False)
+    record = json.loads((tmp_path / "run" / "teacher.json").read_text())
+    assert record["path"] == [str(teacher_run), str(second)]
+    assert run_cli("evaluate", str(tmp_path / "run")).returncode == 0
+
+
+def test_ensemble_members_must_agree(tmp_path, teacher_run):
+    other = write_yaml(tmp_path / "t.yaml", {"name": "t", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [8]},
+                                             "train": {"epochs": 1}, "out": str(tmp_path / "other")})
+    assert run_cli("train", str(other), "-q").returncode == 0
+    spec = json.loads((tmp_path / "other" / "model.json").read_text())
+    spec["classes"] = [f"c{i}" for i in range(10)]
+    (tmp_path / "other" / "model.json").write_text(json.dumps(spec))
+    path = write_yaml(tmp_path / "kd.yaml", _config(tmp_path, teacher_run, {"method": "kd"}, 1)
+                      | {"teacher": [str(teacher_run), str(tmp_path / "other")]})
+    result = run_cli("distill", str(path))
+    assert result.returncode == 2 and "ensemble members" in result.stderr and "differ in classes" in result.stderr
+
+
+def test_teacher_assistant_chain_and_born_again_generations(tmp_path, teacher_run):
+    """TAKD and born-again networks are chains of distill runs: a distilled run directory is a teacher."""
+    assistant = _config(tmp_path, teacher_run, {"method": "kd"}, 2) | {"student": {"name": "cnn", "channels": [6, 12]},
+                                                                        "out": str(tmp_path / "assistant")}
+    run_distill(validate_config(assistant, DistillRunConfig), progress=False)
+    student = _config(tmp_path, tmp_path / "assistant", {"method": "kd"}, 2) | {"out": str(tmp_path / "student")}
+    row = run_distill(validate_config(student, DistillRunConfig), progress=False)
+    assert json.loads((tmp_path / "student" / "teacher.json").read_text())["path"] == str(tmp_path / "assistant")
+    assert 0 < row["agreement_with_teacher"] <= 1
+    teacher_arch = json.loads((teacher_run / "model.json").read_text())
+    previous = teacher_run
+    for generation in (1, 2):  # born-again: the student has the teacher's architecture
+        cfg = _config(tmp_path, previous, {"method": "kd"}, 1) | {
+            "student": {"name": teacher_arch["name"], **teacher_arch["kwargs"]}, "out": str(tmp_path / f"gen{generation}")}
+        run_distill(validate_config(cfg, DistillRunConfig), progress=False)
+        previous = tmp_path / f"gen{generation}"
+    assert json.loads((tmp_path / "gen2" / "model.json").read_text())["kwargs"] == teacher_arch["kwargs"]

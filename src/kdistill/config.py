@@ -143,9 +143,13 @@ class TrainRunConfig(_RunConfig):
 
 
 class DistillRunConfig(_RunConfig):
-    """`kdistill distill`: a student taught by a teacher run directory."""
+    """`kdistill distill`: a student taught by a teacher run directory.
 
-    teacher: str
+    `teacher`: one run directory, a list of them (an ensemble: the mean of their logits), or
+    nothing for teacher-free methods (`tf_kd`, `dml`).
+    """
+
+    teacher: str | list[str] | None = None
     student: ModelSpec
     distill: DistillConfig = Field(default_factory=DistillConfig)
 

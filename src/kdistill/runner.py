@@ -100,7 +100,7 @@ def _train_and_report(
     try:
         _dry_run(student, method, teacher, data)
         out = cfg.out_dir()
-        check_out_dir(out, protected=[Path(teacher.source)] if teacher is not None and teacher.source else [])
+        check_out_dir(out, protected=[Path(source) for source in teacher.sources] if teacher is not None else [])
         if teacher is not None and not overwrite and not (out / "report.json").exists():
             check_same_teacher(out, teacher)  # resuming with a retrained teacher would mix two teachers
         cache = get_cache(augment) if get_cache is not None else None  # built (if needed) before the run dir is touched
@@ -169,11 +169,16 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
     return cache
 
 
-def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher, Method]:
+def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher | None, Method]:
+    method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
     data = load_dataset(cfg.data)
+    if cfg.teacher is None:
+        if method.needs_teacher:
+            raise KdistillError(f"teacher: missing; method {method.name!r} learns from a teacher run directory "
+                                "(set teacher: runs/<teacher>); teacher-free methods: tf_kd, dml")
+        return data, None, method
     teacher = load_teacher(cfg.teacher, precision=cfg.distill.teacher_precision)
     _check_fits(teacher.spec, data, f"teacher {teacher.source}")
-    method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
     return data, teacher, method
 
 
@@ -184,7 +189,7 @@ def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: boo
     student = build_model(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.num_classes, where="student")
     spec = model_spec(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.classes)
     get_cache = None
-    if cfg.distill.teacher_outputs == "cached" and method.needs_teacher:
+    if cfg.distill.teacher_outputs == "cached" and teacher is not None and method.needs_teacher:
         get_cache = lambda augment: _teacher_cache(cfg, method, teacher, data, augment, progress=progress)  # noqa: E731
     return _train_and_report(cfg, student, spec, method, teacher, data, "distilled", overwrite, progress, get_cache)
 
@@ -192,6 +197,8 @@ def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: boo
 def run_cache_teacher(cfg: DistillRunConfig, *, rebuild: bool = False, progress: bool = True) -> TeacherCache:
     """`kdistill cache-teacher`: build (or check) the teacher cache a distill config describes."""
     data, teacher, method = _distill_setup(cfg)
+    if teacher is None:
+        raise KdistillError(f"distill.method {method.name!r} has no teacher; there is nothing to cache")
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     return _teacher_cache(cfg, method, teacher, data, augment, rebuild=rebuild, progress=progress)
 
@@ -229,8 +236,14 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: di
     teacher, role = None, "distilled"
     if isinstance(cfg, DistillRunConfig):
         record = recorded_teacher(run_dir)
-        teacher = load_teacher(record["path"] if record and Path(record["path"]).is_dir() else cfg.teacher)
-        check_same_teacher(run_dir, teacher)
+        recorded = record["path"] if record else None
+        paths = recorded if isinstance(recorded, list) else [recorded] if recorded else []
+        if paths and all(Path(p).is_dir() for p in paths):
+            teacher = load_teacher(recorded)
+        elif cfg.teacher is not None:
+            teacher = load_teacher(cfg.teacher)
+        if teacher is not None:
+            check_same_teacher(run_dir, teacher)
     else:
         role = cfg.role
     row = _report_row(model, data, split, cfg, role, run_dir / BEST, teacher)

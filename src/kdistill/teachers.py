@@ -32,6 +32,7 @@ class FrozenTeacher:
         self.source = source
         self.weights_sha256 = weights_sha256
         self.precision = precision
+        self.sources = [source] if source else []  # every run directory it was loaded from (ensembles: several)
 
     def to(self, device: torch.device | str) -> "FrozenTeacher":
         self.model.to(device)
@@ -51,8 +52,37 @@ class FrozenTeacher:
             return self.model(inputs)
 
 
-def load_teacher(run_dir: str | Path, precision: str = "fp32") -> FrozenTeacher:
-    """Load a teacher from a kdistill run directory (model.json + model.safetensors)."""
+class MeanOfModels(nn.Module):
+    """An ensemble teacher's network: the mean of its members' logits."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(inputs) for member in self.members]).mean(dim=0)
+
+
+def load_teacher(run_dir: str | Path | list[str], precision: str = "fp32") -> FrozenTeacher:
+    """Load a teacher from a kdistill run directory (model.json + model.safetensors), or an
+    ensemble from a list of them (same classes and input shape; their logits are averaged)."""
+    if isinstance(run_dir, (list, tuple)):
+        if not run_dir:
+            raise KdistillError("teacher: an empty list; give a run directory or a list of them")
+        members = [load_teacher(path, precision) for path in run_dir]
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        for member in members[1:]:
+            for key in ("classes", "input_shape"):
+                if member.spec.get(key) != first.spec.get(key):
+                    raise KdistillError(f"teacher: ensemble members {first.source} and {member.source} differ in {key}")
+        combined = hashlib.sha256("".join(m.weights_sha256 or "" for m in members).encode()).hexdigest()
+        spec = {**first.spec, "name": "ensemble", "kwargs": {"members": [m.spec.get("name") for m in members]}}
+        teacher = FrozenTeacher(MeanOfModels([m.model for m in members]), spec, source=first.source,
+                                weights_sha256=combined, precision=precision)
+        teacher.sources = [m.source for m in members]
+        return teacher
     path = Path(run_dir)
     if not path.exists():
         raise KdistillError(f"teacher: run directory not found: {path}")
@@ -76,7 +106,8 @@ TEACHER_RECORD = "teacher.json"
 
 def record_teacher(run_dir: Path, teacher: FrozenTeacher) -> None:
     """Remember which teacher (absolute path + weights hash) a distilled run learns from."""
-    record = {"path": os.path.abspath(teacher.source), "weights_sha256": teacher.weights_sha256}
+    paths = [os.path.abspath(source) for source in teacher.sources]
+    record = {"path": paths[0] if len(paths) == 1 else paths, "weights_sha256": teacher.weights_sha256}
     (Path(run_dir) / TEACHER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -1,0 +1,50 @@
+"""Teacher-free KD with a virtual teacher (Yuan et al., "Revisiting Knowledge Distillation via Label
+Smoothing Regularization", CVPR 2020, Tf-KD_reg).
+
+The virtual teacher puts `correct_prob` on the true class and spreads the rest evenly:
+p_d(k) = a if k = y else (1 − a)/(K − 1). Loss: (1 − α)·CE + α·T²·KL(p_d^T ‖ p_s^T), where
+p_d^T softens p_d by using log p_d as its logits. (The authors' code instead divides the
+probabilities themselves by T before a softmax; with this definition T = 1 is exactly p_d.)
+No teacher run is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from kdistill.data.splits import Batch
+from kdistill.losses import kd_loss
+from kdistill.methods.base import Method, MethodParams, register
+
+
+class TFKDParams(MethodParams):
+    correct_prob: float = Field(0.9, gt=0.0, lt=1.0, description="the virtual teacher's probability of the true class")
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the virtual-teacher term; CE gets 1 - alpha")
+
+
+def virtual_teacher_logits(labels: torch.Tensor, num_classes: int, correct_prob: float) -> torch.Tensor:
+    """log p_d: log a on the true class, log((1 − a)/(K − 1)) elsewhere."""
+    rest = math.log((1.0 - correct_prob) / max(1, num_classes - 1))
+    logits = torch.full((labels.shape[0], num_classes), rest, device=labels.device)
+    return logits.scatter_(1, labels[:, None], math.log(correct_prob))
+
+
+@register
+class TFKD(Method):
+    name = "tf_kd"
+    Params = TFKDParams
+    needs_teacher = False
+
+    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        p = self.params
+        virtual = virtual_teacher_logits(batch.labels, student_logits.shape[-1], p.correct_prob)
+        terms = {}
+        if p.alpha < 1:
+            terms["ce"] = (1.0 - p.alpha) * F.cross_entropy(student_logits.float(), batch.labels)
+        terms["tf_kd"] = p.alpha * kd_loss(student_logits, virtual, p.temperature)
+        return terms
