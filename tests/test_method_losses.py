@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kdistill.losses import (at_loss, dist_loss, dkd_loss, fitnet_loss, kd_loss, ls_kd_loss, pkt_loss, rkd_angle_loss,
+from kdistill.losses import (at_loss, dist_loss, dkd_loss, fitnet_loss, kd_loss, ls_kd_loss, nce_loss, pkt_loss, rkd_angle_loss,
                              rkd_distance_loss, sp_loss)
 
 
@@ -271,3 +271,12 @@ def test_sp_matches_explicit_loop():
     expected = sum((a - b) ** 2 for rs, rt in zip(gs, gt) for a, b in zip(rs, rt)) / 16
     assert expected > 1e-4
     assert_close(sp_loss(s, t), _scalar(expected), rtol=1e-4, atol=1e-7)
+
+
+def test_crd_nce_loss_matches_explicit_loop():
+    scores = torch.rand(4, 6, generator=torch.Generator().manual_seed(32)) * 3
+    n = 50
+    m = 5 / n
+    expected = -statistics.fmean(math.log(r[0] / (r[0] + m + 1e-7)) + sum(math.log(m / (x + m + 1e-7)) for x in r[1:])
+                                 for r in scores.tolist())
+    assert_close(nce_loss(scores, n), _scalar(expected), rtol=1e-5, atol=1e-6)

@@ -96,7 +96,7 @@ def _train_and_report(
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
     # Feature methods hook their layers and size their connectors now, before the optimiser exists.
-    method.bind(student, teacher.model if teacher is not None else None, data.train.inputs[:2])
+    method.bind(student, teacher.model if teacher is not None else None, data.train.inputs[:2], len(data.train))
     try:
         _dry_run(student, method, teacher, data)
         out = cfg.out_dir()

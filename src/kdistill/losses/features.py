@@ -110,3 +110,17 @@ def sp_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> tor
     g_s = F.normalize(student_feature.float().reshape(n, -1) @ student_feature.float().reshape(n, -1).t(), dim=1)
     g_t = F.normalize(teacher_feature.float().reshape(n, -1) @ teacher_feature.float().reshape(n, -1).t(), dim=1)
     return (g_s - g_t).pow(2).sum() / (n * n)
+
+
+def nce_loss(scores: torch.Tensor, num_samples: int, eps: float = 1e-7) -> torch.Tensor:
+    """The NCE objective of CRD (Tian et al., "Contrastive Representation Distillation", ICLR 2020, eq. 15-18).
+
+    `scores` (B, K + 1) are normalised exp-similarities, column 0 the positive pair, the other K
+    negatives drawn uniformly from `num_samples`; with noise mass m = K / N:
+    −mean_b[ log(x₀ / (x₀ + m)) + Σ_k log(m / (x_k + m)) ].
+    """
+    negatives = scores.shape[1] - 1
+    m = negatives / num_samples
+    positive = torch.log(scores[:, 0] / (scores[:, 0] + m + eps))
+    negative = torch.log(m / (scores[:, 1:] + m + eps)).sum(dim=1)
+    return -(positive + negative).mean()

@@ -43,9 +43,10 @@ class Method(nn.Module):
     ) -> dict[str, torch.Tensor]:
         raise TypeError(f"{type(self).__name__} must implement forward()")
 
-    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
-        """Called once before training (and before the optimiser is built) with both models and two
-        example inputs: feature methods hook their layers here and size their connectors."""
+    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor, num_samples: int = 0) -> None:
+        """Called once before training (and before the optimiser is built) with both models, two
+        example inputs and the training split's size: feature methods hook their layers here and
+        size their connectors (CRD its memory bank)."""
 
     def unbind(self) -> None:
         """Remove whatever `bind` attached to the models (forward hooks)."""

@@ -28,9 +28,9 @@ class Combined(Method):
     def _all(self) -> list[Method]:
         return [self.main, *self.extras]
 
-    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
+    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor, num_samples: int = 0) -> None:
         for method in self._all():
-            method.bind(student, teacher, example)
+            method.bind(student, teacher, example, num_samples)
 
     def unbind(self) -> None:
         for method in self._all():

@@ -39,7 +39,7 @@ class DML(Method):
     Params = DMLParams
     needs_teacher = False
 
-    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
+    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor, num_samples: int = 0) -> None:
         if hasattr(self, "peer"):
             return
         if self.params.peer is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from kdistill.data.splits import Batch
 from kdistill.losses import rkd_angle_loss, rkd_distance_loss
 from kdistill.methods.base import register
 from kdistill.methods.tapped import TappedMethod, TappedParams
@@ -21,7 +22,7 @@ class RKD(TappedMethod):
     Params = RKDParams
     kind = "embedding"
 
-    def feature_terms(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+    def feature_terms(self, batch: Batch, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
         terms = {}
         if p.distance_weight > 0:

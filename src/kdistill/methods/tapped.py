@@ -46,10 +46,11 @@ class TappedMethod(Method):
         self._teacher_taps: FeatureTaps | None = None
         self.student_module = self.teacher_module = ""
 
-    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
+    def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor, num_samples: int = 0) -> None:
         if teacher is None:
             raise KdistillError(f"distill.method {self.name!r} needs a teacher")
         where = f"distill ({self.name})"
+        self.num_samples = num_samples
         kind = self.kind
         if kind == "feature" and not (_has_stages(student) and _has_stages(teacher)):
             kind = "embedding"  # an MLP has no feature maps: compare the two embeddings instead
@@ -84,7 +85,7 @@ class TappedMethod(Method):
     def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} must implement distance() or feature_terms()")
 
-    def feature_terms(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+    def feature_terms(self, batch: Batch, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> dict[str, torch.Tensor]:
         """The weighted feature terms (default: one, `term`, weighted by `weight`)."""
         return {self.term: self.params.weight * self.distance(student_feature, teacher_feature)}
 
@@ -96,4 +97,4 @@ class TappedMethod(Method):
         terms = {}
         if self.params.ce_weight > 0:
             terms["ce"] = self.params.ce_weight * F.cross_entropy(student_logits.float(), batch.labels)
-        return terms | self.feature_terms(s, t)
+        return terms | self.feature_terms(batch, s, t)
