@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods
 
 venv: $(STAMP)
 
@@ -29,7 +29,10 @@ bench-vision: $(STAMP)
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
-bench: bench-vision bench-speed
+bench-methods: $(STAMP)
+	$(BIN)/python benchmarks/methods.py
+
+bench: bench-vision bench-speed bench-methods
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -73,7 +73,7 @@ def test_fitnet_connector_trains_with_the_student_and_is_checkpointed(tmp_path, 
                           DistillRunConfig)
     run_distill(cfg, progress=False)
     state = torch.load(tmp_path / "run" / "state" / "checkpoint.pt", weights_only=True)
-    weight = state["method"]["regressor.0.weight"]
+    weight = state["method"]["regressors.0.0.weight"]
     assert weight.shape == (16, 4, 1, 1)  # student stage1 (4 channels) -> teacher stage2 (16 channels)
     torch.manual_seed(0)
     method = build_distill_method("fitnet", {}, [])
@@ -310,3 +310,34 @@ def test_crd_memory_bank_moves_only_the_batch_rows_and_never_draws_the_positive(
     for row, positive in zip(contrast[:, 1:].tolist(), index.tolist()):  # drawn with replacement from the 9 others
         assert positive not in row and all(0 <= i < 10 for i in row)
     method.unbind()
+
+
+def test_at_pairs_every_stage_by_default_and_lists_pair_in_order(teacher_run):
+    from kdistill.data.splits import Batch
+    from kdistill.losses import at_loss
+    from kdistill.models import build_model
+    from kdistill.teachers import load_teacher
+
+    student = build_model("cnn", {"channels": [4, 8]}, (1, 8, 8), 10)
+    teacher = load_teacher(teacher_run)
+    method = build_distill_method("at", {"ce_weight": 0.0, "weight": 1.0}, [])
+    method.bind(student, teacher.model, torch.zeros(2, 1, 8, 8))
+    assert method.pairs == [("stages.0", "stages.0"), ("stages.1", "stages.1")]
+    x = torch.randn(4, 1, 8, 8)
+    logits = student(x)
+    teacher(x)
+    got = method(Batch(x, torch.zeros(4, dtype=torch.long), torch.arange(4)), logits, None)["at"]
+    s0, s1 = student.stages[0](x), None
+    s1 = student.stages[1](s0)
+    t0 = teacher.model.stages[0](x)
+    t1 = teacher.model.stages[1](t0)
+    assert torch.allclose(got, at_loss(s0, t0.detach()) + at_loss(s1, t1.detach()), atol=1e-6)
+    method.unbind()
+
+    fit = build_distill_method("fitnet", {"student": ["stage1", "stage2"], "teacher": "stage2"}, [])
+    fit.bind(student, teacher.model, torch.zeros(2, 1, 8, 8))
+    assert fit.pairs == [("stages.0", "stages.1"), ("stages.1", "stages.1")] and len(fit.regressors) == 2
+    fit.unbind()
+    bad = build_distill_method("sp", {"student": ["stage1", "stage2"], "teacher": ["stage1", "stage2", "pool"]}, [])
+    with pytest.raises(KdistillError, match="student and teacher list 2 and 3 modules"):
+        bad.bind(student, teacher.model, torch.zeros(2, 1, 8, 8))

@@ -1,4 +1,8 @@
-"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + weight · AT(s, t), no connector."""
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + weight · Σ over stage pairs of AT(s, t), no connector.
+
+By default every stage of the student is paired with the teacher's (from the last, as in the
+paper, which transfers attention at each group of residual blocks).
+"""
 
 from __future__ import annotations
 
@@ -20,14 +24,15 @@ class ATParams(TappedParams):
 class AT(TappedMethod):
     name = "at"
     Params = ATParams
-    kind = "feature"
+    kind = "stages"
     term = "at"
 
-    def connect(self, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
-        if len(student_shape) != 4 or len(teacher_shape) != 4:
-            raise KdistillError(
-                f"distill (at): attention transfer needs feature maps (B, C, H, W); student {self.student_module!r} "
-                f"gives {tuple(student_shape[1:])}, teacher {self.teacher_module!r} gives {tuple(teacher_shape[1:])}")
+    def connect(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
+        for (s_shape, t_shape), (s_name, t_name) in zip(shapes, self.pairs):
+            if len(s_shape) != 4 or len(t_shape) != 4:
+                raise KdistillError(
+                    f"distill (at): attention transfer needs feature maps (B, C, H, W); student {s_name!r} "
+                    f"gives {tuple(s_shape[1:])}, teacher {t_name!r} gives {tuple(t_shape[1:])}")
 
-    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor, pair: int) -> torch.Tensor:
         return at_loss(student_feature, teacher_feature, self.params.p)

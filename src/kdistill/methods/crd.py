@@ -42,7 +42,10 @@ class CRD(TappedMethod):
     Params = CRDParams
     kind = "embedding"
 
-    def connect(self, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
+    def connect(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
+        if len(shapes) != 1:
+            raise KdistillError("distill (crd): contrasts one student and one teacher module; give one of each")
+        (student_shape, teacher_shape), = shapes
         n, d = self.num_samples, self.params.feat_dim
         if n < 2:
             raise KdistillError("distill (crd): needs the training split's size (at least 2 samples) for its memory bank")
@@ -53,8 +56,10 @@ class CRD(TappedMethod):
         self.register_buffer("memory_teacher", torch.rand(n, d).mul_(2 * bound).sub_(bound))
         self.register_buffer("normalizers", torch.full((2,), -1.0))  # Z_student, Z_teacher; < 0 until estimated
 
-    def feature_terms(self, batch: Batch, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+    def feature_terms(self, batch: Batch, student_features: list[torch.Tensor],
+                      teacher_features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         p = self.params
+        student_feature, teacher_feature = student_features[0], teacher_features[0]
         with torch.autocast(student_feature.device.type, enabled=False):
             v_s = F.normalize(self.embed_student(student_feature.float().flatten(1)), dim=1)
             v_t = F.normalize(self.embed_teacher(teacher_feature.float().flatten(1)), dim=1)

@@ -27,16 +27,19 @@ class FitNet(TappedMethod):
     kind = "feature"
     term = "hint"
 
-    def connect(self, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
-        s, t = tuple(student_shape), tuple(teacher_shape)
-        if len(s) == 4 and len(t) == 4:
-            self.regressor = nn.Sequential(nn.Conv2d(s[1], t[1], kernel_size=1, bias=False), nn.BatchNorm2d(t[1]))
-        elif len(s) == 2 and len(t) == 2:
-            self.regressor = nn.Linear(s[1], t[1])
-        else:
-            raise KdistillError(
-                f"distill (fitnet): cannot connect student {self.student_module!r} output {s[1:]} to teacher "
-                f"{self.teacher_module!r} output {t[1:]}; tap two feature maps (B, C, H, W) or two vectors (B, D)")
+    def connect(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
+        regressors = []
+        for (s_shape, t_shape), (s_name, t_name) in zip(shapes, self.pairs):
+            s, t = tuple(s_shape), tuple(t_shape)
+            if len(s) == 4 and len(t) == 4:
+                regressors.append(nn.Sequential(nn.Conv2d(s[1], t[1], kernel_size=1, bias=False), nn.BatchNorm2d(t[1])))
+            elif len(s) == 2 and len(t) == 2:
+                regressors.append(nn.Linear(s[1], t[1]))
+            else:
+                raise KdistillError(
+                    f"distill (fitnet): cannot connect student {s_name!r} output {s[1:]} to teacher {t_name!r} output "
+                    f"{t[1:]}; tap two feature maps (B, C, H, W) or two vectors (B, D)")
+        self.regressors = nn.ModuleList(regressors)
 
-    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
-        return fitnet_loss(self.regressor(student_feature), teacher_feature)
+    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor, pair: int) -> torch.Tensor:
+        return fitnet_loss(self.regressors[pair](student_feature), teacher_feature)

@@ -21,5 +21,5 @@ class PKT(TappedMethod):
     kind = "embedding"
     term = "pkt"
 
-    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor, pair: int) -> torch.Tensor:
         return pkt_loss(student_feature, teacher_feature)

@@ -22,11 +22,13 @@ class RKD(TappedMethod):
     Params = RKDParams
     kind = "embedding"
 
-    def feature_terms(self, batch: Batch, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+    def feature_terms(self, batch: Batch, student_features: list[torch.Tensor],
+                      teacher_features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         p = self.params
+        pairs = list(zip(student_features, teacher_features))
         terms = {}
         if p.distance_weight > 0:
-            terms["rkd_distance"] = p.weight * p.distance_weight * rkd_distance_loss(student_feature, teacher_feature)
+            terms["rkd_distance"] = p.weight * p.distance_weight * sum(rkd_distance_loss(s, t) for s, t in pairs)
         if p.angle_weight > 0:
-            terms["rkd_angle"] = p.weight * p.angle_weight * rkd_angle_loss(student_feature, teacher_feature)
+            terms["rkd_angle"] = p.weight * p.angle_weight * sum(rkd_angle_loss(s, t) for s, t in pairs)
         return terms

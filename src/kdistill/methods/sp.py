@@ -21,5 +21,5 @@ class SP(TappedMethod):
     kind = "feature"
     term = "sp"
 
-    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor, pair: int) -> torch.Tensor:
         return sp_loss(student_feature, teacher_feature)

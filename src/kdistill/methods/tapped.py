@@ -1,10 +1,12 @@
 """Shared plumbing of feature and relation methods: hook a student and a teacher layer, compare them.
 
-A subclass sets `kind` ("feature": default tap is the last stage; "embedding": the pooled
-embedding), optionally builds a connector in `connect` (from the two features' shapes, found
-by a dry forward pass), and implements `distance(student_feature, teacher_feature)`.
-Its params carry `student`/`teacher` (module names or tap aliases; defaults from the zoo
-model's `default_taps`), `weight` (of its term) and `ce_weight` (of the label term).
+A subclass sets `kind` ("feature": default tap is the last stage; "stages": every stage, paired
+from the last; "embedding": the pooled embedding), optionally builds connectors in `connect`
+(from the features' shapes, found by a dry forward pass), and implements
+`distance(student_feature, teacher_feature, pair)`; the term is the sum over the pairs.
+Its params carry `student`/`teacher` (a module name or tap alias, or a list of them paired in
+order; defaults from the zoo model's `default_taps`), `weight` (of its term) and `ce_weight`
+(of the label term).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from kdistill.methods.base import Method, MethodParams
 from kdistill.taps import FeatureTaps, resolve_tap
 
 
-def _has_stages(model: nn.Module) -> bool:
-    return any(k.startswith("stage") for k in (getattr(model, "default_taps", None) or {}))
+def _stages(model: nn.Module) -> list[str]:
+    taps = getattr(model, "default_taps", None) or {}
+    return [taps[k] for k in sorted((k for k in taps if k.startswith("stage") and k[5:].isdigit()), key=lambda k: int(k[5:]))]
 
 
 class TappedParams(MethodParams):
-    student: str | None = Field(None, description="student module (dotted name or tap alias); default from the model")
-    teacher: str | None = Field(None, description="teacher module (dotted name or tap alias); default from the model")
+    student: str | list[str] | None = Field(None, description="student module(s) (dotted names or tap aliases); default from the model")
+    teacher: str | list[str] | None = Field(None, description="teacher module(s), paired in order with the student's")
     weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(1.0, ge=0, description="weight of the hard-label cross-entropy")
 
@@ -36,7 +39,7 @@ class TappedParams(MethodParams):
 class TappedMethod(Method):
     """A method reading one student and one teacher module's outputs through forward hooks."""
 
-    kind: ClassVar[Literal["feature", "embedding"]] = "feature"
+    kind: ClassVar[Literal["feature", "stages", "embedding"]] = "feature"
     reads_teacher_features = True
     term: ClassVar[str]
 
@@ -44,37 +47,54 @@ class TappedMethod(Method):
         super().__init__(params)
         self._student_taps: FeatureTaps | None = None
         self._teacher_taps: FeatureTaps | None = None
-        self.student_module = self.teacher_module = ""
+        self.pairs: list[tuple[str, str]] = []
 
     def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor, num_samples: int = 0) -> None:
         if teacher is None:
             raise KdistillError(f"distill.method {self.name!r} needs a teacher")
         where = f"distill ({self.name})"
         self.num_samples = num_samples
-        kind = self.kind
-        if kind == "feature" and not (_has_stages(student) and _has_stages(teacher)):
-            kind = "embedding"  # an MLP has no feature maps: compare the two embeddings instead
-        self.student_module = resolve_tap(student, self.params.student, kind, f"{where} student")
-        self.teacher_module = resolve_tap(teacher, self.params.teacher, kind, f"{where} teacher")
+        self.pairs = self._pairs(student, teacher, where)
         self.unbind()
-        self._student_taps = FeatureTaps(student, [self.student_module])
-        self._teacher_taps = FeatureTaps(teacher, [self.teacher_module])
+        self._student_taps = FeatureTaps(student, [s for s, _ in self.pairs])
+        self._teacher_taps = FeatureTaps(teacher, [t for _, t in self.pairs])
         was_training = student.training
         student.eval()
         try:
             with torch.no_grad():
                 student(example)
                 teacher(example)
-            s, t = self._student_taps.get(self.student_module), self._teacher_taps.get(self.teacher_module)
-            self.connect(s.shape, t.shape)
+            self.connect([(self._student_taps.get(s).shape, self._teacher_taps.get(t).shape) for s, t in self.pairs])
         except KdistillError:
             self.unbind()
             raise
         finally:
             student.train(was_training)
 
-    def connect(self, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
-        """Build trainable connectors for these feature shapes (default: none); raise KdistillError if impossible."""
+    def _pairs(self, student: nn.Module, teacher: nn.Module, where: str) -> list[tuple[str, str]]:
+        """(student module, teacher module) pairs from the params, or the models' default taps."""
+        kind = self.kind
+        if kind != "embedding" and not (_stages(student) and _stages(teacher)):
+            kind = "embedding"  # an MLP has no feature maps: compare the two embeddings instead
+        given_s, given_t = self.params.student, self.params.teacher
+        if kind == "stages" and given_s is None and given_t is None:
+            n = min(len(_stages(student)), len(_stages(teacher)))
+            return list(zip(_stages(student)[-n:], _stages(teacher)[-n:]))
+        tap_kind = "embedding" if kind == "embedding" else "feature"
+        names_s = given_s if isinstance(given_s, list) else [given_s]
+        names_t = given_t if isinstance(given_t, list) else [given_t]
+        if len(names_s) == 1 and len(names_t) > 1:
+            names_s = names_s * len(names_t)
+        if len(names_t) == 1 and len(names_s) > 1:
+            names_t = names_t * len(names_s)
+        if len(names_s) != len(names_t) or not names_s:
+            raise KdistillError(f"{where}: student and teacher list {len(names_s)} and {len(names_t)} modules; pair them one to one")
+        return [(resolve_tap(student, s, tap_kind, f"{where} student"), resolve_tap(teacher, t, tap_kind, f"{where} teacher"))
+                for s, t in zip(names_s, names_t)]
+
+    def connect(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
+        """Build trainable connectors for each pair's (student, teacher) feature shapes (default: none);
+        raise KdistillError if they cannot be connected."""
 
     def unbind(self) -> None:
         for taps in (self._student_taps, self._teacher_taps):
@@ -82,18 +102,20 @@ class TappedMethod(Method):
                 taps.remove()
         self._student_taps = self._teacher_taps = None
 
-    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    def distance(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor, pair: int) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} must implement distance() or feature_terms()")
 
-    def feature_terms(self, batch: Batch, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The weighted feature terms (default: one, `term`, weighted by `weight`)."""
-        return {self.term: self.params.weight * self.distance(student_feature, teacher_feature)}
+    def feature_terms(self, batch: Batch, student_features: list[torch.Tensor],
+                      teacher_features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weighted feature terms (default: one, `term`: `weight` times the sum over the pairs)."""
+        total = sum(self.distance(s, t, i) for i, (s, t) in enumerate(zip(student_features, teacher_features)))
+        return {self.term: self.params.weight * total}
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if self._student_taps is None or self._teacher_taps is None:
             raise RuntimeError(f"method {self.name!r} was not bound to its models (call bind first)")
-        s = self._student_taps.get(self.student_module)
-        t = self._teacher_taps.get(self.teacher_module, frozen=True)
+        s = [self._student_taps.get(name) for name, _ in self.pairs]
+        t = [self._teacher_taps.get(name, frozen=True) for _, name in self.pairs]
         terms = {}
         if self.params.ce_weight > 0:
             terms["ce"] = self.params.ce_weight * F.cross_entropy(student_logits.float(), batch.labels)
