@@ -280,3 +280,12 @@ def test_crd_nce_loss_matches_explicit_loop():
     expected = -statistics.fmean(math.log(r[0] / (r[0] + m + 1e-7)) + sum(math.log(m / (x + m + 1e-7)) for x in r[1:])
                                  for r in scores.tolist())
     assert_close(nce_loss(scores, n), _scalar(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_feature_losses_stay_float32_under_bf16_autocast():
+    s, t = _rand(40, 6, 5), _rand(41, 6, 7)
+    reference = [rkd_distance_loss(s, t), rkd_angle_loss(s, t), sp_loss(s, t), pkt_loss(s, t)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = [rkd_distance_loss(s, t), rkd_angle_loss(s, t), sp_loss(s, t), pkt_loss(s, t)]
+    for a, b in zip(reference, under):
+        assert b.dtype == torch.float32 and torch.equal(a, b)

@@ -66,7 +66,7 @@ def test_float16_cache_is_the_teacher_pass_rounded(tmp_path, teacher_run, digits
     cache, teacher, *_ = _build(tmp_path / "c", teacher_run, digits, [], views=1)
     assert cache.logits.dtype == np.float16 and cache.params.shape == (len(digits.train), 1, 0)
     fresh = teacher(digits.train.inputs).half()
-    assert torch.allclose(torch.from_numpy(np.asarray(cache.logits[:, 0])).float(), fresh.float(), atol=2e-3)
+    assert torch.allclose(torch.from_numpy(np.array(cache.logits[:, 0])).float(), fresh.float(), atol=2e-3)
 
 
 def test_targets_draw_a_view_per_sample_and_recreate_its_image(tmp_path, teacher_run, digits):
@@ -343,3 +343,35 @@ def test_bf16_teacher_precision_runs_live_and_cached(tmp_path, distill_config):
     raw["distill"]["teacher_outputs"] = "live"
     row = run_distill(validate_config(raw, DistillRunConfig), progress=False)
     assert 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_fp32_teacher_stays_fp32_inside_a_bf16_autocast(teacher_run, digits):
+    teacher = load_teacher(teacher_run)
+    x = digits.train.inputs[:16]
+    plain = teacher(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = teacher(x)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+
+
+def test_default_folders_differ_for_teachers_and_data(tmp_path, teacher_run, digits):
+    from kdistill.teacher_cache import default_cache_dir
+
+    cfg = CacheConfig()
+    single = load_teacher(teacher_run)
+    ensemble = load_teacher([str(teacher_run), str(teacher_run)])
+    fp = lambda teacher, split: cache_fingerprint(teacher, "digits", split, digits.classes, None, cfg)  # noqa: E731
+    half = type(digits.train)(digits.train.inputs[:500], digits.train.labels[:500])
+    dirs = {default_cache_dir(teacher_run, fp(single, digits.train)), default_cache_dir(teacher_run, fp(ensemble, digits.train)),
+            default_cache_dir(teacher_run, fp(single, half))}
+    assert len(dirs) == 3 and all(d.parent == teacher_run / "teacher-cache" for d in dirs)
+
+
+def test_a_folder_holding_only_a_header_json_is_not_taken_for_a_cache(tmp_path, teacher_run, digits):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "header.json").write_text('{"mine": true}')
+    teacher, cfg, fp = _open_args(teacher_run, digits)
+    with pytest.raises(KdistillError, match="holds other files"):
+        open_or_build_cache(folder, teacher, digits.train, 10, None, cfg, fp, torch.device("cpu"), progress=False)
+    assert (folder / "header.json").read_text() == '{"mine": true}'

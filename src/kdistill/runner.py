@@ -95,9 +95,9 @@ def _train_and_report(
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
-    # Feature methods hook their layers and size their connectors now, before the optimiser exists.
-    method.bind(student, teacher.model if teacher is not None else None, data.train.inputs[:2], len(data.train))
     try:
+        # Feature methods hook their layers and size their connectors now, before the optimiser exists.
+        method.bind(student, teacher.model if teacher is not None else None, data.train.inputs[:2], len(data.train))
         _dry_run(student, method, teacher, data)
         out = cfg.out_dir()
         check_out_dir(out, protected=[Path(source) for source in teacher.sources] if teacher is not None else [])
@@ -108,7 +108,8 @@ def _train_and_report(
         if teacher is not None:
             record_teacher(out, teacher)
         fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
-            eval_batch_size=cfg.data.eval_batch_size, teacher=teacher, augment=augment, cache=cache, progress=progress)
+            eval_batch_size=cfg.data.eval_batch_size, teacher=teacher if cache is None else None,  # cached: no teacher on the GPU
+            augment=augment, cache=cache, progress=progress)
     finally:
         method.unbind()  # no hooks stay on the models
     # Evaluation (and its latency numbers) is on the CPU, whatever device trained the model.
@@ -150,15 +151,19 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
                             "is the same image; use distill.cache.views=1")
     if ccfg.top_k is not None and ccfg.top_k >= data.num_classes:
         raise KdistillError(f"distill.cache.top_k={ccfg.top_k} must be smaller than the number of classes ({data.num_classes})")
+    if ccfg.views == 1 and augment is not None:
+        print("kdistill: warning: distill.cache.views=1 with data.augment stores one augmented view per sample, so every "
+              "epoch shows the student the same crop and flip; use distill.cache.views >= 4 to keep augmentation's "
+              "variety", file=sys.stderr)
+    fingerprint = cache_fingerprint(teacher, data.name, data.train, data.classes, augment, ccfg)
     if ccfg.dir:
         path = Path(ccfg.dir)
     elif teacher.source:
-        path = default_cache_dir(teacher.source, data.name, augment, ccfg, teacher.precision)
+        path = default_cache_dir(teacher.source, fingerprint)
     else:
         raise KdistillError("distill.cache.dir is required when the teacher is not a run directory")
     if _overlaps(path, cfg.out_dir()):
         raise KdistillError(f"distill.cache.dir {path} overlaps the run directory {cfg.out_dir()}; set another distill.cache.dir")
-    fingerprint = cache_fingerprint(teacher, data.name, data.train, data.classes, augment, ccfg)
     device = resolve_device(cfg.train.device)
     cache, built = open_or_build_cache(path, teacher, data.train, data.num_classes, augment, ccfg, fingerprint, device,
                                        rebuild=rebuild, progress=progress)

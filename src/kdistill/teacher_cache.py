@@ -17,7 +17,7 @@ On disk (a directory, numpy `.npy` files read as memory maps):
     rest_logmass.npy    (N, views)   float32 log of the probability mass outside the top k
     params.npy          (N, views, P) int16 augmentation choices (P = 0 without augmentation)
 
-A cache is built in a sibling `<dir>.building-<pid>` directory and renamed into place only
+A cache is built in a sibling `<dir>.building-<host>-<pid>` directory and renamed into place only
 when complete, so an interrupted build never looks like a cache; a directory without a
 complete header (or with files of the wrong shape) is detected and rebuilt. The fingerprint
 (teacher weights hash, data set identity and content hash of the training split,
@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -80,14 +81,12 @@ def cache_fingerprint(teacher: FrozenTeacher, data_name: str, train: Split, clas
     }
 
 
-def default_cache_dir(teacher_dir: str | Path, data_name: str, augmenter: Augmenter | None, cfg: CacheConfig,
-                      teacher_precision: str) -> Path:
-    """`<teacher>/teacher-cache/<data>-v<views>[-top<k>]-<hash of the chosen settings>`: one folder per setting."""
-    settings = json.dumps([data_name, augmenter.describe() if augmenter else [], cfg.views, cfg.seed, cfg.dtype,
-                           cfg.top_k, teacher_precision], sort_keys=True)
-    tag = hashlib.sha256(settings.encode()).hexdigest()[:10]
-    top = f"-top{cfg.top_k}" if cfg.top_k else ""
-    return Path(teacher_dir) / CACHE_ROOT / f"{data_name}-v{cfg.views}{top}-{tag}"
+def default_cache_dir(teacher_dir: str | Path, fingerprint: dict[str, Any]) -> Path:
+    """`<teacher>/teacher-cache/<data>-v<views>[-top<k>]-<hash of the fingerprint>`: one folder per
+    teacher, data content and setting, so different settings never share (or rebuild) a folder."""
+    tag = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    top = f"-top{fingerprint['top_k']}" if fingerprint["top_k"] else ""
+    return Path(teacher_dir) / CACHE_ROOT / f"{fingerprint['data']['name']}-v{fingerprint['views']}{top}-{tag}"
 
 
 def _differences(found: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
@@ -166,7 +165,7 @@ def _read_complete_header(path: Path) -> dict[str, Any] | None:
     """The header of a complete, intact cache directory; None when it is incomplete or damaged."""
     try:
         header = json.loads((path / HEADER).read_text())
-        if not header.get("complete"):
+        if not isinstance(header, dict) or not header.get("complete"):
             return None
         for name, shape in _expected_shapes(header).items():
             array = np.load(path / name, mmap_mode="r")
@@ -185,8 +184,11 @@ def _check_replaceable(path: Path) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise KdistillError(f"teacher cache {path} exists and is not a directory; set distill.cache.dir=<another dir>")
     if path.is_dir():
-        entries = {p.name for p in path.iterdir()}
-        if entries and (HEADER not in entries or not entries <= CACHE_FILES):
+        try:
+            entries = {p.name for p in path.iterdir()}
+        except OSError as exc:
+            raise KdistillError(f"teacher cache {path}: cannot read it ({exc.strerror or exc})") from None
+        if entries and (not {HEADER, "params.npy"} <= entries or not entries <= CACHE_FILES):
             raise KdistillError(f"teacher cache {path} is a folder that holds other files, not a kdistill cache; "
                                 "set distill.cache.dir=<another dir>")
 
@@ -201,13 +203,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _work_dir(path: Path) -> Path:
+    return path.with_name(f"{path.name}.building-{socket.gethostname()}-{os.getpid()}")
+
+
 def _remove_stale_builds(path: Path) -> None:
-    """Delete `<dir>.building-<pid>` folders left by builds that were killed (their process is gone)."""
+    """Delete `<dir>.building-<host>-<pid>` folders (and `.old-` leftovers) of killed builds on this host
+    (their process is gone); a build by another host on a shared file system is left alone."""
     if not path.parent.is_dir():
         return
-    for entry in path.parent.glob(f"{path.name}.building-*"):
+    host = socket.gethostname()
+    for entry in path.parent.glob(f"{path.name}.building-{host}-*"):
         pid = entry.name.rsplit("-", 1)[-1]
         if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
+    for entry in path.parent.glob(f"{path.name}.old-{host}-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -227,8 +239,9 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
     path = Path(path)
     if cfg.top_k is not None and cfg.top_k >= num_classes:
         raise KdistillError(f"distill.cache.top_k={cfg.top_k} must be smaller than the number of classes ({num_classes})")
+    _check_replaceable(path)
     _remove_stale_builds(path)
-    work = path.with_name(f"{path.name}.building-{os.getpid()}")
+    work = _work_dir(path)
     started = time.perf_counter()
     n, views = len(train), cfg.views
     columns = list(augmenter.columns) if augmenter is not None else []
@@ -275,7 +288,8 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
         header.update(complete=True, seconds=round(time.perf_counter() - started, 3), device=str(device))
         _write_header(work, header)
         if path.exists():  # a stale or mismatched cache being rebuilt: swap it out, then delete it
-            old = path.with_name(f"{path.name}.old-{os.getpid()}")
+            _check_replaceable(path)
+            old = path.with_name(f"{path.name}.old-{socket.gethostname()}-{os.getpid()}")
             path.replace(old)
             shutil.rmtree(old, ignore_errors=True)
         work.replace(path)

@@ -49,7 +49,8 @@ class FrozenTeacher:
             if self.precision == "bf16":
                 with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
                     return self.model(inputs).float()
-            return self.model(inputs)
+            with torch.autocast(inputs.device.type, enabled=False):  # fp32 even inside the student's bf16 autocast
+                return self.model(inputs)
 
 
 class MeanOfModels(nn.Module):

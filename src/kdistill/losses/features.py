@@ -7,8 +7,23 @@ batch relative to each other, so they need no connector at all.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+
+def _fp32(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run a loss with autocast off: its matrix products (distances, Gram matrices) need float32,
+    which `.float()` alone does not give under a bf16 autocast."""
+
+    @functools.wraps(loss)
+    def wrapper(*tensors: torch.Tensor, **kwargs) -> torch.Tensor:
+        with torch.autocast(tensors[0].device.type, enabled=False):
+            return loss(*tensors, **kwargs)
+
+    return wrapper
 
 
 def _match_spatial(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,6 +34,7 @@ def _match_spatial(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.
     return student, teacher
 
 
+@_fp32
 def fitnet_loss(student_hint: torch.Tensor, teacher_hint: torch.Tensor) -> torch.Tensor:
     """FitNets hint loss (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015).
 
@@ -37,6 +53,7 @@ def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(feature.float().abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
+@_fp32
 def at_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Attention transfer (Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017).
 
@@ -49,6 +66,7 @@ def at_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, p: flo
     return (attention_map(student_feature, p) - attention_map(teacher_feature, p)).pow(2).mean()
 
 
+@_fp32
 def pkt_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Probabilistic knowledge transfer (Passalis & Tefas, "Learning Deep Representations with
     Probabilistic Knowledge Transfer", ECCV 2018).
@@ -74,6 +92,7 @@ def _pairwise_distances(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return d2.sqrt() * off_diagonal
 
 
+@_fp32
 def rkd_distance_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
     """RKD distance term (Park et al., "Relational Knowledge Distillation", CVPR 2019).
 
@@ -90,6 +109,7 @@ def rkd_distance_loss(student_embedding: torch.Tensor, teacher_embedding: torch.
     return F.smooth_l1_loss(d_s, d_t)
 
 
+@_fp32
 def rkd_angle_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
     """RKD angle term (Park et al. 2019): Smooth-L1 between cos∠(x_i − x_j, x_k − x_j) over all triplets."""
 
@@ -100,6 +120,7 @@ def rkd_angle_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Ten
     return F.smooth_l1_loss(angles(student_embedding.float().flatten(1)), angles(teacher_embedding.float().flatten(1)))
 
 
+@_fp32
 def sp_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving KD (Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019).
 
@@ -112,6 +133,7 @@ def sp_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> tor
     return (g_s - g_t).pow(2).sum() / (n * n)
 
 
+@_fp32
 def nce_loss(scores: torch.Tensor, num_samples: int, eps: float = 1e-7) -> torch.Tensor:
     """The NCE objective of CRD (Tian et al., "Contrastive Representation Distillation", ICLR 2020, eq. 15-18).
 

@@ -6,7 +6,8 @@ student: CE + weight·T²·KL(p_peer ‖ p_student), peer: CE + weight·T²·KL(
 each target detached, so each term trains only the network it is written for (the paper
 updates the two in turn; one joint step of the summed loss has the same per-network
 gradients). `peer` is a zoo spec (`{name: mlp, hidden: [64]}`); by default a copy of the
-student's architecture, freshly initialised. No teacher run is needed; the peer is saved in
+student's architecture, re-initialised with each layer's PyTorch default (`reset_parameters`,
+not the zoo model's own initialisation; give `peer` to get that). No teacher run is needed; the peer is saved in
 the checkpoint, the student in the run directory.
 """
 
@@ -45,6 +46,7 @@ class DML(Method):
         if self.params.peer is None:
             peer = copy.deepcopy(student)
             for module in peer.modules():
+                module._forward_hooks.clear()  # a feature method's taps on the student must not follow the copy
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
         else:

@@ -68,6 +68,12 @@ class TappedMethod(Method):
         except KdistillError:
             self.unbind()
             raise
+        except (RuntimeError, ValueError) as exc:
+            self.unbind()
+            raise KdistillError(f"{where}: a dry run of the models failed: {str(exc).splitlines()[0]}") from None
+        except BaseException:
+            self.unbind()
+            raise
         finally:
             student.train(was_training)
 

@@ -4,8 +4,9 @@ Smoothing Regularization", CVPR 2020, Tf-KD_reg).
 The virtual teacher puts `correct_prob` on the true class and spreads the rest evenly:
 p_d(k) = a if k = y else (1 − a)/(K − 1). Loss: (1 − α)·CE + α·T²·KL(p_d^T ‖ p_s^T), where
 p_d^T softens p_d by using log p_d as its logits. (The authors' code instead divides the
-probabilities themselves by T before a softmax; with this definition T = 1 is exactly p_d.)
-No teacher run is needed.
+probabilities themselves by T before a softmax, has no T² factor and averages the KL over
+all elements rather than per sample, so its published multipliers do not carry over; with
+this definition T = 1 is exactly p_d and the term is kd_loss's.) No teacher run is needed.
 """
 
 from __future__ import annotations
