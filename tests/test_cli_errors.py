@@ -214,8 +214,8 @@ def test_alpha_outside_unit_interval(capsys, config_for, teacher_digest, value, 
 
 def test_unknown_method(capsys, config_for, teacher_digest):
     cfg, out = config_for["distill"]
-    expect_error(capsys, ["distill", "-q", cfg, "distill.method=fitnet"],
-                 "distill.method", "unknown method 'fitnet'", "known: ce, kd", out=out)
+    expect_error(capsys, ["distill", "-q", cfg, "distill.method=nst"],
+                 "distill.method", "unknown method 'nst'", "known: at, ce, crd, dist, dkd, dml, fitnet, kd", out=out)
 
 
 def test_unknown_method_parameter(capsys, config_for, teacher_digest):
