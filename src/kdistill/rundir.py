@@ -47,6 +47,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def overlaps(a: Path, b: Path) -> bool:
+    """True when two paths are the same directory or one contains the other (compared as absolute paths)."""
+    a, b = Path(os.path.abspath(a)), Path(os.path.abspath(b))
+    return a == b or a in b.parents or b in a.parents
+
+
 def check_out_dir(out: Path, protected: list[Path] = ()) -> None:
     """Refuse outputs that would overwrite the working directory, one of its parents, or a protected run (the teacher)."""
     target = Path(os.path.abspath(out))
@@ -54,8 +60,7 @@ def check_out_dir(out: Path, protected: list[Path] = ()) -> None:
     if target == cwd or target in cwd.parents:
         raise KdistillError(f"out: {out} is the working directory or one of its parents; set out=<a new sub-directory>")
     for other in protected:
-        other = Path(os.path.abspath(other))
-        if target == other or target in other.parents or other in target.parents:
+        if overlaps(target, other):
             raise KdistillError(f"out: {out} overlaps the teacher's run directory {other}; set out=<another dir>")
 
 

@@ -6,7 +6,6 @@ is touched (data loads, models build, a dry forward pass of student, teacher and
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,7 @@ from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, write_report
-from kdistill.rundir import check_out_dir, prepare_run_dir
+from kdistill.rundir import check_out_dir, overlaps, prepare_run_dir
 from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
 from kdistill.teachers import FrozenTeacher, check_same_teacher, load_teacher, record_teacher, recorded_teacher
 
@@ -132,11 +131,6 @@ def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = 
     return _train_and_report(cfg, model, spec, method, None, data, cfg.role, overwrite, progress)
 
 
-def _overlaps(a: Path, b: Path) -> bool:
-    a, b = Path(os.path.abspath(a)), Path(os.path.abspath(b))
-    return a == b or a in b.parents or b in a.parents
-
-
 def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher, data: DataSplits,
                    augment: Augmenter | None, *, rebuild: bool = False, progress: bool = True) -> TeacherCache:
     """Open the cache `cfg.distill.cache` describes, building it if absent or interrupted (or if `rebuild`)."""
@@ -162,7 +156,7 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
         path = default_cache_dir(teacher.source, fingerprint)
     else:
         raise KdistillError("distill.cache.dir is required when the teacher is not a run directory")
-    if _overlaps(path, cfg.out_dir()):
+    if overlaps(path, cfg.out_dir()):
         raise KdistillError(f"distill.cache.dir {path} overlaps the run directory {cfg.out_dir()}; set another distill.cache.dir")
     device = resolve_device(cfg.train.device)
     cache, built = open_or_build_cache(path, teacher, data.train, data.num_classes, augment, ccfg, fingerprint, device,

@@ -46,6 +46,7 @@ from kdistill.config import CacheConfig
 from kdistill.data.augment import Augmenter
 from kdistill.data.splits import Batch, Split
 from kdistill.errors import KdistillError
+from kdistill.rundir import write_text_atomic
 from kdistill.teachers import FrozenTeacher
 
 CACHE_FORMAT = 1
@@ -213,20 +214,11 @@ def _remove_stale_builds(path: Path) -> None:
     if not path.parent.is_dir():
         return
     host = socket.gethostname()
-    for entry in path.parent.glob(f"{path.name}.building-{host}-*"):
-        pid = entry.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-            shutil.rmtree(entry, ignore_errors=True)
-    for entry in path.parent.glob(f"{path.name}.old-{host}-*"):
-        pid = entry.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _write_header(path: Path, header: dict[str, Any]) -> None:
-    tmp = path / (HEADER + ".tmp")
-    tmp.write_text(json.dumps(header, indent=2) + "\n")
-    tmp.replace(path / HEADER)
+    for kind in ("building", "old"):
+        for entry in path.parent.glob(f"{path.name}.{kind}-{host}-*"):
+            pid = entry.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: int, augmenter: Augmenter | None,
@@ -249,7 +241,7 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
               "param_columns": columns, "created_by": "kdistill cache-teacher"}
     try:
         work.mkdir(parents=True)
-        _write_header(work, header)
+        write_text_atomic(work / HEADER, json.dumps(header, indent=2) + "\n")
         dtype = np.float16 if cfg.dtype == "float16" else np.float32
         params_out = np.lib.format.open_memmap(work / "params.npy", mode="w+", dtype=np.int16, shape=(n, views, len(columns)))
         if cfg.top_k:
@@ -286,7 +278,7 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
             array.flush()
         del arrays, params_out
         header.update(complete=True, seconds=round(time.perf_counter() - started, 3), device=str(device))
-        _write_header(work, header)
+        write_text_atomic(work / HEADER, json.dumps(header, indent=2) + "\n")
         if path.exists():  # a stale or mismatched cache being rebuilt: swap it out, then delete it
             _check_replaceable(path)
             old = path.with_name(f"{path.name}.old-{socket.gethostname()}-{os.getpid()}")

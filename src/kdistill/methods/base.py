@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
@@ -53,6 +54,13 @@ class Method(nn.Module):
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the engine before each epoch (0-based), for warm-ups and schedules of a loss weight."""
+
+
+def label_term(student_logits: torch.Tensor, labels: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
+    """{"ce": weight · cross-entropy} in float32, or {} when the weight is 0 (a zero term is left out, not computed)."""
+    if weight <= 0:
+        return {}
+    return {"ce": weight * F.cross_entropy(student_logits.float(), labels)}
 
 
 METHODS: dict[str, type[Method]] = {}

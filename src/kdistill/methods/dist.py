@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from kdistill.data.splits import Batch
 from kdistill.losses import dist_loss
-from kdistill.methods.base import Method, MethodParams, register
+from kdistill.methods.base import Method, MethodParams, label_term, register
 
 
 class DISTParams(MethodParams):
@@ -26,8 +25,6 @@ class DIST(Method):
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         p = self.params
-        terms = {}
-        if p.ce_weight > 0:
-            terms["ce"] = p.ce_weight * F.cross_entropy(student_logits.float(), batch.labels)
+        terms = label_term(student_logits, batch.labels, p.ce_weight)
         terms["dist"] = p.weight * dist_loss(student_logits, teacher_logits, p.beta, p.gamma, p.temperature)
         return terms

@@ -8,12 +8,11 @@ runs lower it, or set 0 to disable.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from kdistill.data.splits import Batch
 from kdistill.losses import dkd_loss
-from kdistill.methods.base import Method, MethodParams, register
+from kdistill.methods.base import Method, MethodParams, label_term, register
 
 
 class DKDParams(MethodParams):
@@ -39,8 +38,6 @@ class DKD(Method):
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         p = self.params
-        terms = {}
-        if p.ce_weight > 0:
-            terms["ce"] = p.ce_weight * F.cross_entropy(student_logits.float(), batch.labels)
+        terms = label_term(student_logits, batch.labels, p.ce_weight)
         terms["dkd"] = self.ramp * dkd_loss(student_logits, teacher_logits, batch.labels, p.alpha, p.beta, p.temperature)
         return terms

@@ -9,12 +9,11 @@ T²·KL. `hard_weight` / `soft_weight` replace that pair with two free weights a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from kdistill.data.splits import Batch
 from kdistill.losses import kd_loss
-from kdistill.methods.base import Method, MethodParams, register
+from kdistill.methods.base import Method, MethodParams, label_term, register
 
 
 class KDParams(MethodParams):
@@ -50,9 +49,7 @@ class KD(Method):
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         p = self.params
         hard_w, soft_w = p.weights()
-        terms = {}
-        if hard_w > 0:
-            terms["ce"] = hard_w * F.cross_entropy(student_logits.float(), batch.labels)
+        terms = label_term(student_logits, batch.labels, hard_w)
         if soft_w > 0 or not terms:
             terms["kd"] = soft_w * kd_loss(student_logits, teacher_logits, p.temperature, t_squared=p.t_squared)
         return terms

@@ -6,12 +6,11 @@ Defaults follow the authors' CIFAR recipe on top of KD (CE 0.1, KD 9, T = 2).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from kdistill.data.splits import Batch
 from kdistill.losses import ls_kd_loss
-from kdistill.methods.base import Method, MethodParams, register
+from kdistill.methods.base import Method, MethodParams, label_term, register
 
 
 class LSKDParams(MethodParams):
@@ -27,8 +26,6 @@ class LSKD(Method):
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         p = self.params
-        terms = {}
-        if p.ce_weight > 0:
-            terms["ce"] = p.ce_weight * F.cross_entropy(student_logits.float(), batch.labels)
+        terms = label_term(student_logits, batch.labels, p.ce_weight)
         terms["ls_kd"] = p.weight * ls_kd_loss(student_logits, teacher_logits, p.temperature)
         return terms

@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
-from kdistill.methods.base import Method, MethodParams
+from kdistill.methods.base import Method, MethodParams, label_term
 from kdistill.taps import FeatureTaps, resolve_tap
 
 
@@ -122,7 +121,4 @@ class TappedMethod(Method):
             raise RuntimeError(f"method {self.name!r} was not bound to its models (call bind first)")
         s = [self._student_taps.get(name) for name, _ in self.pairs]
         t = [self._teacher_taps.get(name, frozen=True) for _, name in self.pairs]
-        terms = {}
-        if self.params.ce_weight > 0:
-            terms["ce"] = self.params.ce_weight * F.cross_entropy(student_logits.float(), batch.labels)
-        return terms | self.feature_terms(batch, s, t)
+        return label_term(student_logits, batch.labels, self.params.ce_weight) | self.feature_terms(batch, s, t)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from kdistill.data.splits import Batch
 from kdistill.losses import kd_loss
-from kdistill.methods.base import Method, MethodParams, register
+from kdistill.methods.base import Method, MethodParams, label_term, register
 
 
 class TFKDParams(MethodParams):
@@ -44,8 +43,6 @@ class TFKD(Method):
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         p = self.params
         virtual = virtual_teacher_logits(batch.labels, student_logits.shape[-1], p.correct_prob)
-        terms = {}
-        if p.alpha < 1:
-            terms["ce"] = (1.0 - p.alpha) * F.cross_entropy(student_logits.float(), batch.labels)
+        terms = label_term(student_logits, batch.labels, 1.0 - p.alpha)
         terms["tf_kd"] = p.alpha * kd_loss(student_logits, virtual, p.temperature)
         return terms
