@@ -65,7 +65,56 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run directory written by train or distill")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--data", action="append", default=[], metavar="key=value", help="override a data setting, e.g. --data root=/other/copy")
+
+    x_text = "export a run for deployment (ONNX, int8), each file verified against PyTorch on the validation split"
+    x = sub.add_parser("export", help=x_text, description=x_text + ". Files land in RUN_DIR/export/ with export.json "
+                       "(sizes, max abs logit difference, argmax agreement, accuracy).")
+    x.add_argument("run_dir", help="a finished run directory")
+    x.add_argument("--format", dest="fmt", choices=["onnx", "torch"], default="onnx",
+                   help="onnx: model.onnx (+ int8 ONNX Runtime variants with --quantize); torch: PyTorch dynamic int8 "
+                        "(needs --quantize int8)")
+    x.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also write int8 variants: ONNX Runtime dynamic and (image inputs) static, or PyTorch dynamic")
+    x.add_argument("--calibration", type=int, default=256, metavar="N", help="training samples for static int8 calibration")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    x.add_argument("--overwrite", action="store_true", help="replace variants exported before")
+    x.add_argument("--data", action="append", default=[], metavar="key=value", help="override a data setting, e.g. --data root=/other/copy")
+
+    m_text = "one table (Markdown, JSON, HTML) and plots for several runs and their exported variants"
+    m = sub.add_parser("compare", help=m_text, description=m_text + ": accuracy, calibration (ECE), params, size on disk, "
+                       "batch-1 latency and throughput measured in one process, interleaved, and ratios to the teacher.")
+    m.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of run directories (e.g. runs/quickstart)")
+    m.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
+    m.add_argument("--split", choices=["train", "val", "test"], default="test")
+    m.add_argument("--teacher", default=None, metavar="RUN_DIR",
+                   help="the reference row for agreement and ratios (default: the teacher among the runs, else the one "
+                        "the distilled runs recorded)")
+    m.add_argument("--repeats", type=int, default=50, help="timed batch-1 passes per model (default 50)")
+    m.add_argument("--threads", type=int, default=None, help="CPU threads for every model (default: torch's default)")
+    m.add_argument("--no-plots", action="store_true", help="tables only")
+    m.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+    m.add_argument("--data", action="append", default=[], metavar="key=value", help="override a data setting, e.g. --data root=/other/copy")
     return parser
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from kdistill.compare import compare_runs, markdown_table
+
+    result = compare_runs(args.runs, out=args.out, split=args.split, repeats=args.repeats, threads=args.threads,
+                          teacher=args.teacher, overwrite=args.overwrite, data_overrides=_parse_pairs(args.data),
+                          plots=not args.no_plots)
+    print(markdown_table(result))
+    print(f"\ncomparison: {args.out}/compare.md, compare.json, compare.html" + ("" if args.no_plots else " and plots"))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from kdistill.export import export_run
+
+    if args.calibration < 1:
+        raise KdistillError(f"--calibration {args.calibration}: must be at least 1")
+    record = export_run(args.run_dir, fmt=args.fmt, quantize=args.quantize, calibration=args.calibration,
+                        opset=args.opset, overwrite=args.overwrite, data_overrides=_parse_pairs(args.data))
+    print(f"export record: {args.run_dir}/export/export.json ({len(record['variants'])} variant(s))")
 
 
 def _cmd_train_or_distill(args: argparse.Namespace) -> None:
@@ -108,10 +157,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     print()
     print(format_table(rows))
     print(f"\nreport: {args.out}/report.json, {args.out}/report.md  (quickstart took {time.perf_counter() - t0:.1f} s)")
+    print(f"next: kdistill export {args.out}/distilled-seed0 --quantize int8 && kdistill compare {args.out} --out {args.out}-compare")
 
 
 COMMANDS = {"train": _cmd_train_or_distill, "distill": _cmd_train_or_distill, "cache-teacher": _cmd_cache_teacher,
-            "evaluate": _cmd_evaluate, "quickstart": _cmd_quickstart}
+            "evaluate": _cmd_evaluate, "export": _cmd_export, "compare": _cmd_compare, "quickstart": _cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,30 @@ def evaluate_model(
     return row
 
 
+def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error and the reliability diagram's bins (Guo et al., ICML 2017).
+
+    Samples are binned by confidence (the top softmax probability) into `bins` equal-width bins
+    over (0, 1]; ECE = sum over bins of (bin size / n) * |accuracy in bin - mean confidence in bin|.
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    confidence, predicted = probs.max(dim=-1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0.0, 1.0, bins + 1)
+    index = torch.bucketize(confidence, edges[1:-1], right=False)  # bin b holds (edges[b], edges[b+1]]
+    n = max(int(labels.numel()), 1)
+    ece, table = 0.0, []
+    for b in range(bins):
+        mask = index == b
+        count = int(mask.sum())
+        conf = float(confidence[mask].mean()) if count else None
+        acc = float(correct[mask].mean()) if count else None
+        if count:
+            ece += count / n * abs(acc - conf)
+        table.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": conf, "accuracy": acc})
+    return {"ece": ece, "bins": table}
+
+
 def aggregate_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One row for several seeds of the same model: accuracy (and agreement) as mean ± std.
 

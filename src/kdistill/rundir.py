@@ -20,8 +20,9 @@ from kdistill.errors import KdistillError
 RUN_MARKERS = ("config.yaml", "model.json")
 # Everything a train/distill/evaluate run writes at the top of its directory.
 # `teacher-cache` holds a teacher's output caches (kdistill.teacher_cache): retraining the
-# teacher with --overwrite removes them with the rest, as they describe the old weights.
-RUN_FILES = {"config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "state",
+# teacher with --overwrite removes them with the rest, as they describe the old weights;
+# so does `export` (kdistill.export: ONNX and int8 files).
+RUN_FILES = {"config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "state", "export",
              "report.json", "report-val.json", "report-train.json", "report-test.json", "teacher-cache"}
 
 

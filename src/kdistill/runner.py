@@ -219,19 +219,32 @@ def read_run_config(run_dir: Path) -> TrainRunConfig | DistillRunConfig:
     return validate_config(raw, kind, source=str(path))
 
 
+def load_finished_run(run_dir: Path, data_overrides: dict[str, Any] | None = None, then: str = "evaluate",
+                      data: DataSplits | None = None) -> tuple[TrainRunConfig | DistillRunConfig, DataSplits, nn.Module]:
+    """A finished run's config, its data set (with `data_overrides`, e.g. another root) and its best model (eval mode, CPU).
+
+    With `data` (loaded for another run), the run must have been trained on that data set, which is not loaded again.
+    """
+    cfg = read_run_config(run_dir)
+    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
+        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
+    if data is not None and cfg.data.name != data.name:
+        raise KdistillError(f"{run_dir} was trained on {cfg.data.name!r}, not {data.name!r}; compare runs of one data set")
+    if data is None:
+        try:
+            data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), **(data_overrides or {})})
+        except ValidationError as exc:
+            raise KdistillError(format_validation_error(exc, "--data")) from None
+        data = load_dataset(data_cfg)
+    model, spec = load_run_model(run_dir)
+    _check_fits(spec, data, str(run_dir))
+    return cfg, data, model
+
+
 def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run on a split (accuracy + efficiency); writes report.json or report-<split>.json."""
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
-        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then evaluate")
-    try:
-        data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), **(data_overrides or {})})
-    except ValidationError as exc:
-        raise KdistillError(format_validation_error(exc, "--data")) from None
-    data = load_dataset(data_cfg)
-    model, spec = load_run_model(run_dir)
-    _check_fits(spec, data, str(run_dir))
+    cfg, data, model = load_finished_run(run_dir, data_overrides, "evaluate")
     teacher, role = None, "distilled"
     if isinstance(cfg, DistillRunConfig):
         record = recorded_teacher(run_dir)
