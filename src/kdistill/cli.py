@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 from typing import NoReturn
 
 from kdistill import __version__
@@ -94,7 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-plots", action="store_true", help="tables only")
     m.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
     m.add_argument("--data", action="append", default=[], metavar="key=value", help="override a data setting, e.g. --data root=/other/copy")
+
+    w_text = "search distill hyperparameters (temperature, alpha, method, ...) with Optuna; resumable"
+    w = sub.add_parser("sweep", help=w_text, description=w_text + ". Each trial is a distill run of CONFIG in "
+                       "<sweep dir>/trial-NNN; the objective is the best validation accuracy; a median pruner stops poor "
+                       "trials; the study is kept in <sweep dir>/study.db, so the same command continues it. The search "
+                       "space is the config's sweep.space (default: distill.temperature in [1, 20] log, distill.alpha "
+                       "in [0, 1]). Writes trials.md, trials.json and best.yaml.")
+    w.add_argument("config", help="YAML distill config (optionally with a sweep: section)")
+    w.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="dotted overrides, e.g. train.epochs=5")
+    w.add_argument("--trials", type=int, default=None, help="total trials of the study (default: sweep.trials, 20)")
+    w.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="also search distill.method among these (e.g. --methods kd dkd dist)")
+    w.add_argument("--out", default=None, help="sweep folder (default: sweep.out, else runs/<name>-sweep)")
     return parser
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from kdistill.sweep import run_sweep
+
+    if args.trials is not None and args.trials < 1:
+        raise KdistillError(f"--trials {args.trials}: must be at least 1")
+    summary = run_sweep(args.config, args.overrides, trials=args.trials, out=args.out, methods=args.methods)
+    print(Path(summary["study"]).with_name("trials.md").read_text())
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -127,6 +151,8 @@ def _cmd_train_or_distill(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     run = run_train if args.command == "train" else run_distill
     row = run(cfg, overwrite=args.overwrite, progress=not args.quiet)
+    if not row:  # a process other than rank 0 under torchrun: rank 0 reports
+        return
     print(format_table([row]))
     print(f"run directory: {cfg.out_dir()}  ({time.perf_counter() - t0:.1f} s)")
 
@@ -161,7 +187,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": _cmd_train_or_distill, "distill": _cmd_train_or_distill, "cache-teacher": _cmd_cache_teacher,
-            "evaluate": _cmd_evaluate, "export": _cmd_export, "compare": _cmd_compare, "quickstart": _cmd_quickstart}
+            "evaluate": _cmd_evaluate, "export": _cmd_export, "compare": _cmd_compare, "sweep": _cmd_sweep, "quickstart": _cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,14 +202,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, one process speaks for all
     try:
         COMMANDS[args.command](args)
     except KdistillError as exc:
-        sys.stderr.write(f"kdistill: error: {exc}\n")
+        if main_process:
+            sys.stderr.write(f"kdistill: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        sys.stderr.write("kdistill: interrupted; run the same command again to resume from the last completed epoch\n")
+        if main_process:
+            sys.stderr.write("kdistill: interrupted; run the same command again to resume from the last completed epoch\n")
         return 130
+    finally:
+        from kdistill.distributed import shutdown
+
+        shutdown()
     return 0
 
 

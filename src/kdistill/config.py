@@ -152,6 +152,7 @@ class DistillRunConfig(_RunConfig):
     teacher: str | list[str] | None = None
     student: ModelSpec
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    sweep: dict[str, Any] | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")
 
 
 def config_sha256(config: BaseModel) -> str:

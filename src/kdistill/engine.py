@@ -7,6 +7,10 @@ logits, let the Method turn them into weighted loss terms, sum, step;
 validate in eval mode; write metrics, weights, and the resume checkpoint last (the
 commit point), so a run killed anywhere restarts from its last completed epoch and ends
 with the same weights as an uninterrupted run.
+
+Under torchrun (kdistill.distributed) every process walks the same global batches, trains
+on its own slice of each, averages gradients before each optimiser step, sums the metrics,
+and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from kdistill import distributed
 from kdistill.config import TrainConfig
 from kdistill.data.splits import Batch, DataSplits, iterate_batches
 from kdistill.errors import KdistillError
@@ -142,15 +147,20 @@ def fit(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     cache: TeacherCache | None = None,
     progress: bool = True,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train `student` with `method` (and `teacher`, if the method needs one); write the run directory.
 
     With `cache`, the teacher's logits and each sample's augmentation come from the cache
     (one stored view drawn per sample per epoch) and `teacher` and `augment` are not used
-    in training.
+    in training. `on_epoch_end(record)` is called after each committed epoch with its metrics
+    line (a hyperparameter search prunes from there by raising).
     """
     started = time.perf_counter()
+    ctx = distributed.current()
     device = resolve_device(cfg.device)
+    if ctx.active and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank)
     student.to(device)
     method.to(device)
     if teacher is not None:
@@ -166,7 +176,11 @@ def fit(
             raise ValueError("the student shares parameters with the frozen teacher")
 
     n_train = len(data.train)
-    drop_last = n_train % batch_size == 1  # a lone last sample breaks BatchNorm in train mode
+    if batch_size < 2 * ctx.world:
+        raise KdistillError(f"data.batch_size={batch_size} is the global batch; with {ctx.world} processes it must be at "
+                            f"least {2 * ctx.world} (2 samples per process for BatchNorm)")
+    # A last batch with fewer than 2 samples per process would give BatchNorm a lone sample in train mode.
+    drop_last = 0 < n_train % batch_size < 2 * ctx.world
     batches_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     optimizer = build_optimizer(cfg, trainable)
@@ -186,7 +200,15 @@ def fit(
         scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"])
         start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_val_accuracy"], ckpt["best_epoch"]
-    _completed_metrics(run_dir / METRICS, start_epoch)
+        ranks = ckpt.get("rng_ranks") or []
+        if ctx.rank > 0 and len(ranks) == ctx.world:
+            _set_rng_state(ranks[ctx.rank])  # each process resumes its own dropout stream
+    elif ctx.active:
+        ctx.broadcast_module(student)  # one starting point for every process
+        ctx.broadcast_module(method)
+        torch.manual_seed(seed * 1_000_003 + 7919 * ctx.rank)  # then different dropout masks per process
+    if ctx.is_main:
+        _completed_metrics(run_dir / METRICS, start_epoch)
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
     for epoch in range(start_epoch, cfg.epochs):
@@ -199,7 +221,8 @@ def fit(
         last_lr = optimizer.param_groups[0]["lr"]
         seen = correct = 0
         bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if progress else True, unit="batch")
+                   disable=None if progress and ctx.is_main else True, unit="batch")
+        shard_sum = shard_count = 0
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(iterate_batches(data.train, batch_size, shuffle=True, generator=generator, drop_last=drop_last)):
             teacher_logits = None
@@ -207,6 +230,13 @@ def fit(
                 batch, teacher_logits = cache.targets(batch, generator)
             elif augment is not None:
                 batch = Batch(augment(batch.inputs, generator), batch.labels, batch.index)
+            global_n = batch.labels.shape[0]
+            if ctx.active:  # every process drew the same global batch (and its augmentation): keep this rank's slice
+                part = ctx.shard(global_n)
+                batch = Batch(batch.inputs[part], batch.labels[part], batch.index[part])
+                teacher_logits = teacher_logits[part] if teacher_logits is not None else None
+                shard_sum += int(batch.index.sum())
+                shard_count += batch.labels.shape[0]
             if device.type != "cpu":
                 batch = Batch(batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True), batch.index)
                 teacher_logits = teacher_logits.to(device, non_blocking=True) if teacher_logits is not None else None
@@ -217,8 +247,12 @@ def fit(
                 terms = method(batch, student_logits, teacher_logits)
             loss = sum(terms.values())
             group_start = i - i % cfg.grad_accum  # the last group of an epoch may be short: weight by its real size
-            (loss / min(cfg.grad_accum, batches_per_epoch - group_start)).backward()
+            # Each process's mean is scaled by its share of the global batch, so the average over processes
+            # (average_gradients) is the gradient of the global batch's mean loss.
+            share = batch.labels.shape[0] * ctx.world / global_n
+            (loss * share / min(cfg.grad_accum, batches_per_epoch - group_start)).backward()
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == batches_per_epoch:
+                ctx.average_gradients(trainable)
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
@@ -236,24 +270,45 @@ def fit(
         train_seconds = time.perf_counter() - t0
 
         student.eval()
-        val_acc = accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
+        if ctx.active:
+            ctx.broadcast_buffers(student)  # BatchNorm statistics of rank 0, as DDP keeps them
+            ctx.broadcast_buffers(method)
+            keys = sorted(sums)
+            totals = ctx.sum([sums[k] for k in keys] + [seen, correct])
+            sums, seen, correct = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])
+            part = ctx.shard(len(data.val))  # each process scores its slice of the validation split
+            val_correct = int((predict_logits(student, data.val.inputs[part], eval_batch_size).argmax(-1)
+                               == data.val.labels[part]).sum())
+            val_acc = ctx.sum([val_correct])[0] / len(data.val)
+            shards = ctx.gather({"samples": shard_count, "index_sum": shard_sum})
+        else:
+            val_acc = accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
         record = {"epoch": epoch + 1, "lr": last_lr, **{k: v / seen for k, v in sums.items()},
                   "train_accuracy": correct / seen, "val_accuracy": val_acc, "seconds": train_seconds,
                   "samples_per_s": seen / train_seconds}
-        with open(run_dir / METRICS, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        save_weights(student, run_dir / LAST)
-        if val_acc > best_acc:
+        if ctx.active:
+            record["processes"] = shards  # what each process trained on this epoch
+        improved = val_acc > best_acc
+        if improved:
             best_acc, best_epoch = val_acc, epoch + 1
-            save_weights(student, run_dir / BEST)
-        # The commit point: once this file is replaced, epoch + 1 is complete.
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"epoch": epoch + 1, "best_val_accuracy": best_acc, "best_epoch": best_epoch,
-                    "student": student.state_dict(), "method": method.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state()}, tmp)
-        tmp.replace(ckpt_path)
-        if progress:
+        rng_ranks = ctx.gather(_rng_state()) if ctx.active else None
+        if ctx.is_main:
+            with open(run_dir / METRICS, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            save_weights(student, run_dir / LAST)
+            if improved:
+                save_weights(student, run_dir / BEST)
+            # The commit point: once this file is replaced, epoch + 1 is complete.
+            tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+            torch.save({"epoch": epoch + 1, "best_val_accuracy": best_acc, "best_epoch": best_epoch,
+                        "student": student.state_dict(), "method": method.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": _rng_state(), **({"rng_ranks": rng_ranks} if rng_ranks else {})}, tmp)
+            tmp.replace(ckpt_path)
+        ctx.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if progress and ctx.is_main:
             terms_text = " ".join(f"{k}={v / seen:.4f}" for k, v in sums.items())
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} {terms_text} train_acc={correct / seen:.4f} "
                        f"val_acc={val_acc:.4f} {seen / train_seconds:.0f} samples/s")

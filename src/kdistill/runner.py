@@ -16,6 +16,7 @@ from torch import nn
 
 from pydantic import ValidationError
 
+from kdistill import distributed
 from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, dump_config, format_validation_error, validate_config
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import Augmenter, build_augmentation
@@ -91,9 +92,14 @@ def _train_and_report(
     overwrite: bool,
     progress: bool,
     get_cache: Callable[[Augmenter | None], TeacherCache | None] | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
+    ctx = distributed.current()
+    if ctx.active and method.single_process_reason:
+        raise KdistillError(f"distill.method {method.name!r} runs in one process only: {method.single_process_reason}; "
+                            "start it without torchrun")
     try:
         # Feature methods hook their layers and size their connectors now, before the optimiser exists.
         method.bind(student, teacher.model if teacher is not None else None, data.train.inputs[:2], len(data.train))
@@ -102,15 +108,24 @@ def _train_and_report(
         check_out_dir(out, protected=[Path(source) for source in teacher.sources] if teacher is not None else [])
         if teacher is not None and not overwrite and not (out / "report.json").exists():
             check_same_teacher(out, teacher)  # resuming with a retrained teacher would mix two teachers
-        cache = get_cache(augment) if get_cache is not None else None  # built (if needed) before the run dir is touched
-        prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
-        if teacher is not None:
-            record_teacher(out, teacher)
+        cache = None
+        if get_cache is not None:  # built (if needed) before the run dir is touched; by rank 0 when several
+            cache = ctx.on_main(lambda: get_cache(augment))
+            cache = cache or get_cache(augment)
+
+        def prepare() -> None:
+            prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
+            if teacher is not None:
+                record_teacher(out, teacher)
+
+        ctx.on_main(prepare)
         fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, teacher=teacher if cache is None else None,  # cached: no teacher on the GPU
-            augment=augment, cache=cache, progress=progress)
+            augment=augment, cache=cache, progress=progress, on_epoch_end=on_epoch_end)
     finally:
         method.unbind()  # no hooks stay on the models
+    if not ctx.is_main:
+        return {}  # rank 0 evaluates and writes the report
     # Evaluation (and its latency numbers) is on the CPU, whatever device trained the model.
     student.cpu()
     if teacher is not None:
@@ -122,7 +137,8 @@ def _train_and_report(
 
 
 def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `cfg.model` on labels only; returns the test report row."""
+    """Train `cfg.model` on labels only; returns the test report row ({} on ranks other than 0 under torchrun)."""
+    distributed.init_from_env(resolve_device(cfg.train.device))
     data = load_dataset(cfg.data)
     seed_everything(cfg.seed)
     model = build_model(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.num_classes, where="model")
@@ -181,8 +197,10 @@ def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher | N
     return data, teacher, method
 
 
-def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Distil `cfg.teacher` into `cfg.student`; returns the test report row."""
+def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: bool = True,
+                on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Distil `cfg.teacher` into `cfg.student`; returns the test report row ({} on ranks other than 0 under torchrun)."""
+    distributed.init_from_env(resolve_device(cfg.train.device))
     data, teacher, method = _distill_setup(cfg)
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.num_classes, where="student")
@@ -190,7 +208,8 @@ def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: boo
     get_cache = None
     if cfg.distill.teacher_outputs == "cached" and teacher is not None and method.needs_teacher:
         get_cache = lambda augment: _teacher_cache(cfg, method, teacher, data, augment, progress=progress)  # noqa: E731
-    return _train_and_report(cfg, student, spec, method, teacher, data, "distilled", overwrite, progress, get_cache)
+    return _train_and_report(cfg, student, spec, method, teacher, data, "distilled", overwrite, progress, get_cache,
+                             on_epoch_end)
 
 
 def run_cache_teacher(cfg: DistillRunConfig, *, rebuild: bool = False, progress: bool = True) -> TeacherCache:

@@ -34,6 +34,8 @@ class Method(nn.Module):
     # True for methods that read the teacher's intermediate features (hooks): they need a live
     # teacher, since the teacher output cache holds logits only.
     reads_teacher_features: ClassVar[bool] = False
+    # Why the method cannot run under torchrun (state that each process would update on its own), or None.
+    single_process_reason: ClassVar[str | None] = None
 
     def __init__(self, params: MethodParams):
         super().__init__()

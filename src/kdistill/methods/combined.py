@@ -24,6 +24,8 @@ class Combined(Method):
         self.name = "+".join([main.name] + [m.name for _, m in terms])
         self.needs_teacher = main.needs_teacher or any(m.needs_teacher for _, m in terms)
         self.reads_teacher_features = main.reads_teacher_features or any(m.reads_teacher_features for _, m in terms)
+        self.single_process_reason = next((m.single_process_reason for m in [main, *(m for _, m in terms)]
+                                           if m.single_process_reason), None)
 
     def _all(self) -> list[Method]:
         return [self.main, *self.extras]

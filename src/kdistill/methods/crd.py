@@ -41,6 +41,7 @@ class CRD(TappedMethod):
     name = "crd"
     Params = CRDParams
     kind = "embedding"
+    single_process_reason = "its memory banks would be updated by each process with its own samples only"
 
     def connect(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
         if len(shapes) != 1:

@@ -1,0 +1,302 @@
+"""`kdistill sweep CONFIG --trials N`: search distillation hyperparameters with Optuna.
+
+Each trial is a full `kdistill distill` run of the config with sampled values, in
+`<sweep dir>/trial-NNN`. The objective is the best validation accuracy over the run's epochs
+(the test split is reported, never used to choose). After every epoch the trial reports its
+validation accuracy, and a median pruner stops trials that fall below the median of earlier
+trials at the same epoch. The study lives in `<sweep dir>/study.db` (SQLite), so running the
+same command again continues the sweep: finished and pruned trials are kept, a trial that was
+running when the sweep was killed is retried with the same values.
+
+The search space (`sweep.space` in the config, keys are dotted config paths):
+
+    sweep:
+      space:
+        distill.temperature: {low: 1.0, high: 20.0, log: true}   # default
+        distill.alpha: {low: 0.0, high: 1.0}                     # default
+        distill.method: [kd, dkd, dist]                          # a list: one of these
+        distill.dkd.beta: {low: 1.0, high: 16.0}                 # only when the method is dkd
+        train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}         # any other config key
+
+`distill.X` (X a hyperparameter) is searched only for methods that have X (DIST has no alpha);
+`distill.M.X` only when the method is M. Writes `trials.md`, `trials.json` and `best.yaml`
+(the config with the best trial's values, ready for `kdistill distill`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdistill.config import DistillConfig, DistillRunConfig, apply_overrides, format_validation_error, read_yaml, validate_config
+from kdistill.errors import KdistillError
+
+DEFAULT_SPACE: dict[str, Any] = {"distill.temperature": {"low": 1.0, "high": 20.0, "log": True},
+                                 "distill.alpha": {"low": 0.0, "high": 1.0}}
+STUDY = "kdistill-sweep"
+OUTPUTS = {"study.db", "sweep.lock", "trials.md", "trials.json", "best.yaml"}
+
+
+class Range(BaseModel):
+    """A numeric range: `{low, high}` plus `log: true` (log-uniform), `step`, `type: int`."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    type: Literal["float", "int"] = "float"
+
+
+class SweepConfig(BaseModel):
+    """The `sweep` section: trials, sampler seed, output folder, pruning, and the search space."""
+
+    model_config = ConfigDict(extra="forbid")
+    trials: int = Field(20, ge=1)
+    seed: int = Field(0, ge=0)
+    out: str | None = None
+    prune: bool = True
+    startup_trials: int = Field(3, ge=0, description="trials that always run to the end before pruning starts")
+    space: dict[str, Any] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
+
+    @field_validator("space")
+    @classmethod
+    def _check_space(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for key, spec in space.items():
+            if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+                raise ValueError(f"{key!r} is not a dotted config key such as distill.temperature")
+            if isinstance(spec, list):
+                if not spec:
+                    raise ValueError(f"{key}: an empty list of choices")
+            elif isinstance(spec, dict):
+                rng = Range.model_validate(spec)
+                if not rng.low < rng.high:
+                    raise ValueError(f"{key}: low must be below high")
+                if rng.log and rng.low <= 0:
+                    raise ValueError(f"{key}: a log range needs low > 0")
+            else:
+                raise ValueError(f"{key}: give a list of choices or {{low, high[, log, step, type: int]}}")
+        return space
+
+
+def _method_fields(method: str) -> set[str]:
+    from kdistill.methods import METHODS
+
+    cls = METHODS.get(method)
+    if cls is None:
+        raise KdistillError(f"sweep.space: unknown method {method!r} (known: {', '.join(sorted(METHODS))})")
+    return set(cls.Params.model_fields)
+
+
+def _suggest(trial: Any, name: str, spec: Any) -> Any:
+    if isinstance(spec, list):
+        return trial.suggest_categorical(name, spec)
+    if spec.get("type") == "int":
+        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1), log=bool(spec.get("log")))
+    return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=bool(spec.get("log")))
+
+
+def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str) -> dict[str, Any]:
+    """The dotted overrides of one trial (define-by-run: a method's parameters only when it is chosen)."""
+    from kdistill.methods import METHODS
+
+    values: dict[str, Any] = {}
+    method = fixed_method
+    if "distill.method" in space:
+        method = _suggest(trial, "distill.method", space["distill.method"])
+        values["distill.method"] = method
+    fields = _method_fields(method)
+    for key, spec in space.items():
+        if key == "distill.method":
+            continue
+        parts = key.split(".")
+        if parts[0] == "distill" and len(parts) == 2 and parts[1] not in METHODS:
+            if parts[1] in fields:  # named per method: each keeps its own distribution (alpha means different things)
+                values[key] = _suggest(trial, f"{method}.{parts[1]}", spec)
+            elif parts[1] in DistillConfig.model_fields:  # teacher_outputs, teacher_precision, ...
+                values[key] = _suggest(trial, key, spec)
+        elif parts[0] == "distill" and len(parts) >= 3 and parts[1] in METHODS:
+            if parts[1] == method:
+                values[key] = _suggest(trial, key, spec)
+        else:
+            values[key] = _suggest(trial, key, spec)
+    return values
+
+
+def _settings_into_section(raw: dict[str, Any], method: str) -> dict[str, Any]:
+    """Move the config's top-level method settings (`distill.alpha: 0.5`) into its method's own section
+    (`distill.kd: {alpha: 0.5}`), so that a trial of another method does not receive them."""
+    from kdistill.methods import METHODS
+
+    raw = copy.deepcopy(raw)
+    distill = raw.setdefault("distill", {})
+    moved = {k: distill.pop(k) for k in list(distill) if k not in DistillConfig.model_fields and k not in METHODS}
+    if moved:
+        distill[method] = {**moved, **(distill.get(method) or {})}
+    return raw
+
+
+def _to_override_list(values: dict[str, Any]) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def _lock(directory: Path) -> Path:
+    lock = directory / "sweep.lock"
+    if lock.exists():
+        try:
+            pid = int(lock.read_text().strip() or "0")
+        except ValueError:
+            pid = 0
+        alive = False
+        if pid > 0:
+            try:
+                os.kill(pid, 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        if alive and pid != os.getpid():
+            raise KdistillError(f"{directory} is in use by another sweep (pid {pid}); wait for it or choose another sweep.out")
+    lock.write_text(str(os.getpid()))
+    return lock
+
+
+def _prepare_dir(directory: Path) -> None:
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise KdistillError(f"sweep.out: {directory} exists and is not a directory")
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / "study.db").is_file():
+        raise KdistillError(f"sweep.out: {directory} is not empty and holds no sweep; choose another sweep.out")
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | None = None, out: str | None = None,
+              methods: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or continue) the sweep the config describes; returns the summary written to trials.json.
+
+    `trials` is the study's total (finished and pruned trials count); `methods` adds `distill.method` to the space.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise KdistillError("kdistill sweep needs Optuna: pip install 'kdistill[sweep]'") from None
+    from optuna.trial import TrialState
+
+    from kdistill.runner import run_distill
+
+    raw = apply_overrides(read_yaml(config_path), overrides)
+    raw.setdefault("name", Path(config_path).stem)
+    try:
+        sweep = SweepConfig.model_validate(raw.pop("sweep", None) or {})
+    except ValidationError as exc:
+        raise KdistillError(format_validation_error(exc, f"{config_path}: sweep")) from None
+    if trials is not None:
+        sweep.trials = trials
+    if methods:
+        for name in methods:
+            _method_fields(name)  # an unknown name fails here, before anything is written
+        sweep.space["distill.method"] = list(methods)
+    base = validate_config(raw, DistillRunConfig, source=str(config_path))  # the config itself must be valid
+    if "distill.method" in sweep.space:
+        raw = _settings_into_section(raw, base.distill.method)
+    directory = Path(out or sweep.out or f"runs/{base.name}-sweep")
+    _prepare_dir(directory)
+    lock = _lock(directory)
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failing trial is reported once, by the CLI
+        storage = optuna.storages.RDBStorage(f"sqlite:///{directory.resolve() / 'study.db'}")
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=sweep.startup_trials, n_warmup_steps=1)
+                  if sweep.prune else optuna.pruners.NopPruner())
+        sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(1, sweep.trials // 2)))
+        study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="maximize", load_if_exists=True)
+        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # killed with the last sweep
+            storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)
+            study.enqueue_trial(stale.params, user_attrs={"retry_of": stale.number})
+            log(f"trial {stale.number} was interrupted; it will run again with the same values")
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+        def objective(trial: Any) -> float:
+            values = sample_overrides(trial, sweep.space, base.distill.method)
+            run_dir = directory / f"trial-{trial.number:03d}"
+            trial_raw = apply_overrides(raw, _to_override_list(values) + [f"out={run_dir}", f"name={base.name}-trial{trial.number}"])
+            cfg = validate_config(trial_raw, DistillRunConfig, source=f"{config_path} (trial {trial.number}: {values})")
+            trial.set_user_attr("overrides", values)
+            best = {"val": -1.0, "epoch": 0}
+
+            def report(record: dict) -> None:
+                best["val"] = max(best["val"], record["val_accuracy"])
+                trial.report(record["val_accuracy"], record["epoch"])
+                trial.set_user_attr("epochs", record["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
+
+            t0 = time.perf_counter()
+            try:
+                row = run_distill(cfg, overwrite=True, progress=False, on_epoch_end=report)
+            except optuna.TrialPruned:
+                trial.set_user_attr("seconds", time.perf_counter() - t0)
+                log(f"trial {trial.number}: {_describe(values)} -> pruned at epoch {trial.user_attrs.get('epochs')} "
+                    f"(val {100 * best['val']:.2f}%)")
+                raise
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            trial.set_user_attr("test_accuracy", row["accuracy"])
+            log(f"trial {trial.number}: {_describe(values)} -> val {100 * best['val']:.2f}% "
+                f"({time.perf_counter() - t0:.0f} s)")
+            return best["val"]
+
+        remaining = max(0, sweep.trials - done)
+        if remaining:
+            log(f"sweep {directory}: {done} trial(s) done, running {remaining} more")
+            study.optimize(objective, n_trials=remaining, catch=())
+        summary = _write_summary(study, raw, directory, config_path)
+    finally:
+        lock.unlink(missing_ok=True)
+    return summary
+
+
+def _describe(values: dict[str, Any]) -> str:
+    return " ".join(f"{k.removeprefix('distill.')}={v:.4g}" if isinstance(v, float) else f"{k.removeprefix('distill.')}={v}"
+                    for k, v in values.items())
+
+
+def _write_summary(study: Any, raw: dict[str, Any], directory: Path, config_path: str | Path) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "overrides": t.user_attrs.get("overrides", {}),
+                     "val_accuracy": t.value if t.state == TrialState.COMPLETE else
+                     (max(t.intermediate_values.values()) if t.intermediate_values else None),
+                     "epochs": t.user_attrs.get("epochs"), "test_accuracy": t.user_attrs.get("test_accuracy"),
+                     "seconds": t.user_attrs.get("seconds"), "run_dir": str(directory / f"trial-{t.number:03d}")})
+    complete = [r for r in rows if r["state"] == "complete"]
+    if not complete:
+        raise KdistillError(f"sweep {directory}: no trial completed; see {directory}/trial-*")
+    best = max(complete, key=lambda r: (r["val_accuracy"], -r["trial"]))
+    best_raw = apply_overrides(raw, _to_override_list(best["overrides"]) + [f"out={directory / 'best'}"])
+    summary = {"config": str(config_path), "study": str(directory / "study.db"), "objective": "best validation accuracy",
+               "best": best, "trials": rows}
+    (directory / "best.yaml").write_text(
+        f"# kdistill sweep: trial {best['trial']} of {len(rows)}, validation accuracy {100 * best['val_accuracy']:.2f}%.\n"
+        f"# Reproduce: kdistill distill {directory / 'best.yaml'}\n" + yaml.safe_dump(best_raw, sort_keys=False))
+    (directory / "trials.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"# Sweep of {config_path} ({len(rows)} trials, objective: best validation accuracy)", "",
+             "| trial | state | values | val accuracy | epochs | test accuracy | seconds |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -(r["val_accuracy"] or -1)):
+        val = "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
+        test = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}%"
+        secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
+        mark = " (best)" if r is best else ""
+        lines.append(f"| {r['trial']}{mark} | {r['state']} | {_describe(r['overrides'])} | {val} | {r['epochs'] or '-'} | {test} | {secs} |")
+    lines += ["", f"Best: trial {best['trial']}, {_describe(best['overrides'])}; config in {directory / 'best.yaml'}. "
+              "Trials are chosen on validation accuracy; test accuracy is shown, never used to choose."]
+    (directory / "trials.md").write_text("\n".join(lines) + "\n")
+    return summary

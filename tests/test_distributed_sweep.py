@@ -1,0 +1,172 @@
+"""Several processes (torchrun, gloo on the CPU) and the Optuna sweep, on digits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from conftest import run_cli, tree_digest, write_yaml
+
+# 2 processes on the global batch vs 1 process on the same batch: the same arithmetic up to the order of float sums.
+WEIGHT_TOLERANCE = 1e-5
+
+
+def _torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "kdistill", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _config(tmp_path: Path, teacher_run: Path, name: str, **train) -> dict:
+    return {"name": name, "seed": 0, "data": {"name": "digits", "batch_size": 64}, "teacher": str(teacher_run),
+            "student": {"name": "mlp", "hidden": [32]}, "distill": {"method": "kd", "temperature": 4.0, "alpha": 0.5},
+            "train": {"epochs": 2, "lr": 3e-3, "device": "cpu", **train}, "out": str(tmp_path / name)}
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def test_two_processes_shard_the_data_and_match_one_process(tmp_path, teacher_run):
+    cfg = _config(tmp_path, teacher_run, "ddp", grad_accum=2)
+    path = write_yaml(tmp_path / "ddp.yaml", cfg)
+    result = _torchrun("distill", str(path), "-q")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("| ddp | distilled |") == 1  # rank 0 reports, once
+    run = tmp_path / "ddp"
+    assert (run / "report.json").is_file() and (run / "model.safetensors").is_file()
+    n_train = 1078  # digits' training split
+    for epoch in _metrics(run):
+        procs = epoch["processes"]
+        assert len(procs) == 2
+        assert procs[0]["index_sum"] != procs[1]["index_sum"]  # different shards
+        assert sum(p["samples"] for p in procs) == n_train  # together, every sample once
+        assert sum(p["index_sum"] for p in procs) == n_train * (n_train - 1) // 2
+
+    single = run_cli("distill", str(path), f"out={tmp_path / 'single'}", "-q")
+    assert single.returncode == 0, single.stderr
+    assert _max_weight_diff(run / "last.safetensors", tmp_path / "single" / "last.safetensors") < WEIGHT_TOLERANCE
+    for a, b in zip(_metrics(run), _metrics(tmp_path / "single")):
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_two_processes_resume_after_a_kill_and_bf16_runs(tmp_path, teacher_run):
+    cfg = _config(tmp_path, teacher_run, "resume", epochs=30)
+    path = write_yaml(tmp_path / "resume.yaml", cfg)
+    run = tmp_path / "resume"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "kdistill", "distill", str(path), "-q"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (run / "state" / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    subprocess.run(["pkill", "-9", "-f", str(path)])  # the launcher and its workers (torchrun gives them their own sessions)
+    proc.wait()
+    time.sleep(0.5)
+    done = len(_metrics(run))
+    assert 1 <= done < 30 and not (run / "report.json").exists(), "the run should have been killed mid-way"
+    result = _torchrun("distill", str(path), "-q")
+    assert result.returncode == 0, result.stderr[:6000]
+    assert [m["epoch"] for m in _metrics(run)] == list(range(1, 31))
+    single = run_cli("distill", str(path), f"out={tmp_path / 'single'}", "-q")
+    assert single.returncode == 0, single.stderr
+    assert _max_weight_diff(run / "last.safetensors", tmp_path / "single" / "last.safetensors") < 1e-4
+
+    again = _torchrun("distill", str(path), "-q")  # a finished run is refused by every process, with one line
+    assert again.returncode != 0 and again.stderr.count("kdistill: error:") == 1 and "already holds a finished run" in again.stderr
+    assert "]: Traceback" not in again.stderr  # no worker crashed (torchrun's own summary of exit code 2 remains)
+
+    bf16 = write_yaml(tmp_path / "bf16.yaml", _config(tmp_path, teacher_run, "bf16", precision="bf16", epochs=1))
+    result = _torchrun("distill", str(bf16), "-q")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "bf16" / "report.json").is_file()
+
+
+def test_crd_refuses_several_processes(tmp_path, teacher_run):
+    cfg = _config(tmp_path, teacher_run, "crd")
+    cfg["distill"] = {"method": "crd"}
+    result = _torchrun("distill", str(write_yaml(tmp_path / "crd.yaml", cfg)), "-q")
+    assert result.returncode != 0
+    assert result.stderr.count("kdistill: error: distill.method 'crd' runs in one process only") == 1
+    assert not (tmp_path / "crd").exists()
+
+
+def test_sweep_finds_reproduces_and_resumes(tmp_path, teacher_run):
+    pytest.importorskip("optuna")
+    cfg = _config(tmp_path, teacher_run, "sw", epochs=3)
+    del cfg["out"]
+    cfg["sweep"] = {"seed": 1, "startup_trials": 2}
+    path = write_yaml(tmp_path / "sweep.yaml", cfg)
+    out = tmp_path / "sweep"
+    result = run_cli("sweep", str(path), "--trials", "8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "trials.json").read_text())
+    assert len(summary["trials"]) == 8
+    states = {t["state"] for t in summary["trials"]}
+    assert states <= {"complete", "pruned"} and "complete" in states
+    best = summary["best"]
+    complete = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert best["val_accuracy"] == max(t["val_accuracy"] for t in complete)
+    for t in complete:
+        values = t["overrides"]
+        assert 1.0 <= values["distill.temperature"] <= 20.0 and 0.0 <= values["distill.alpha"] <= 1.0
+        metrics = _metrics(Path(t["run_dir"]))
+        assert t["val_accuracy"] == max(m["val_accuracy"] for m in metrics)  # the objective is the run's best epoch
+    for t in summary["trials"]:
+        if t["state"] == "pruned":
+            assert len(_metrics(Path(t["run_dir"]))) < 3
+    assert "(best)" in (out / "trials.md").read_text()
+
+    # best.yaml, passed back to `kdistill distill`, reproduces the best trial's validation accuracy.
+    best_cfg = yaml.safe_load((out / "best.yaml").read_text())
+    assert best_cfg["distill"]["temperature"] == best["overrides"]["distill.temperature"]
+    again = run_cli("distill", str(out / "best.yaml"), "-q")
+    assert again.returncode == 0, again.stderr
+    assert max(m["val_accuracy"] for m in _metrics(out / "best")) == pytest.approx(best["val_accuracy"], abs=1e-9)
+
+    # The same command with more trials continues the study; the first 8 stay as they were.
+    before = {t["trial"]: t["val_accuracy"] for t in summary["trials"]}
+    more = run_cli("sweep", str(path), "--trials", "10", "--out", str(out), "--methods", "kd", "dist")
+    assert more.returncode == 0, more.stderr
+    resumed = json.loads((out / "trials.json").read_text())
+    assert len(resumed["trials"]) == 10
+    assert {t["trial"]: t["val_accuracy"] for t in resumed["trials"] if t["trial"] < 8} == before
+    assert all("distill.method" in t["overrides"] for t in resumed["trials"] if t["trial"] >= 8)
+
+
+def test_sweep_errors_are_one_line(tmp_path, teacher_run):
+    pytest.importorskip("optuna")
+    cfg = _config(tmp_path, teacher_run, "bad", epochs=1)
+    cfg["sweep"] = {"space": {"distill.temperature": {"low": 5, "high": 1}}}
+    result = run_cli("sweep", str(write_yaml(tmp_path / "bad.yaml", cfg)), "--out", str(tmp_path / "s1"))
+    assert result.returncode == 2 and "low must be below high" in result.stderr and len(result.stderr.splitlines()) == 1
+    cfg["sweep"] = {"spaces": {}}
+    result = run_cli("sweep", str(write_yaml(tmp_path / "bad2.yaml", cfg)), "--out", str(tmp_path / "s2"))
+    assert result.returncode == 2 and "unknown key 'spaces'" in result.stderr
+    del cfg["sweep"]
+    result = run_cli("sweep", str(write_yaml(tmp_path / "ok.yaml", cfg)), "--methods", "nope", "--out", str(tmp_path / "s3"))
+    assert result.returncode == 2 and "unknown method 'nope'" in result.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    before = tree_digest(mine)
+    result = run_cli("sweep", str(tmp_path / "ok.yaml"), "--out", str(mine))
+    assert result.returncode == 2 and "holds no sweep" in result.stderr
+    assert tree_digest(mine) == before
