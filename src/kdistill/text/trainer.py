@@ -1,0 +1,133 @@
+"""`DistillationTrainer`: a `transformers.Trainer` whose loss is kdistill's `distillation_loss`.
+
+loss = alpha · CE(student, labels) + (1 − alpha) · T² · KL(softmax(teacher/T) ‖ softmax(student/T))
+(Hinton et al. 2015; the seeds' and the NLP-with-Transformers book's `KnowledgeDistillationTrainer`).
+
+- The teacher is moved to the student's device, kept in eval mode, its parameters frozen, and
+  run under `torch.inference_mode`: it never trains and never builds a graph.
+- Gradient accumulation: when the Trainer passes `num_items_in_batch` (the number of labelled
+  samples in the whole accumulated batch), the loss is the *sum* over this micro-batch divided
+  by it, and marked as already scaled; so uneven micro-batches give exactly the gradient of one
+  big batch. Without it, the loss is the micro-batch mean and the Trainer divides by the steps.
+- Teacher and student may use different tokenizers: `TeacherStudentCollator` tokenises each
+  text twice and passes the teacher's encoding under `teacher_*` keys (a student without
+  `token_type_ids`, TextBrewer issue 22).
+- A teacher whose label count or label names differ from the student's is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from kdistill.errors import KdistillError
+from kdistill.losses import distillation_loss
+
+TEACHER_PREFIX = "teacher_"
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the distillation loss's `alpha` (weight of the hard-label CE; the
+    soft term gets 1 − alpha) and `temperature` (T > 0)."""
+
+    alpha: float = field(default=0.5, metadata={"help": "weight of the hard-label cross-entropy; the KD term gets 1 - alpha"})
+    temperature: float = field(default=2.0, metadata={"help": "softmax temperature T of the KD term (scaled by T^2)"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise KdistillError(f"alpha must be in [0, 1] (got {self.alpha})")
+        if not self.temperature > 0:
+            raise KdistillError(f"temperature must be > 0 (got {self.temperature})")
+        super().__post_init__()
+
+
+def _labels(config: Any) -> list[str]:
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label[i]) for i in sorted(id2label, key=int)] if id2label else []
+
+
+def check_same_labels(teacher_config: Any, student_config: Any) -> None:
+    """The teacher must predict the student's classes, in the same order."""
+    t, s = int(teacher_config.num_labels), int(student_config.num_labels)
+    if t != s:
+        raise KdistillError(f"the teacher predicts {t} labels but the student {s}; give both the same label set")
+    t_names, s_names = _labels(teacher_config), _labels(student_config)
+    default = [f"LABEL_{i}" for i in range(t)]
+    if t_names and s_names and t_names != s_names and default not in (t_names, s_names):
+        diff = next(i for i, (a, b) in enumerate(zip(t_names, s_names)) if a != b)
+        raise KdistillError(f"teacher and student label names differ at id {diff}: {t_names[diff]!r} vs {s_names[diff]!r}; "
+                            "map both to the same label2id")
+
+
+class TeacherStudentCollator:
+    """Batch raw examples `{text_column: str, "label": int}` into the student's encoding, the
+    teacher's encoding (keys prefixed `teacher_`) and `labels`, for tokenizers that differ."""
+
+    def __init__(self, student_tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase,
+                 text_column: str = "text", label_column: str = "label", max_length: int = 128):
+        self.student_tokenizer = student_tokenizer
+        self.teacher_tokenizer = teacher_tokenizer
+        self.text_column = text_column
+        self.label_column = label_column
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [e[self.text_column] for e in examples]
+        student = self.student_tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        teacher = self.teacher_tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        batch = dict(student)
+        batch.update({TEACHER_PREFIX + k: v for k, v in teacher.items()})
+        batch["labels"] = torch.tensor([int(e[self.label_column]) for e in examples])
+        return batch
+
+
+class DistillationTrainer(Trainer):
+    """`Trainer(model=student, args=DistillationTrainingArguments(...), teacher_model=teacher, ...)`."""
+
+    def __init__(self, *args: Any, teacher_model: nn.Module, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, DistillationTrainingArguments):
+            raise KdistillError("DistillationTrainer needs DistillationTrainingArguments (alpha, temperature)")
+        check_same_labels(teacher_model.config, self.model.config)
+        self.teacher = teacher_model
+        self._freeze_teacher()
+
+    def _freeze_teacher(self) -> None:
+        device = next(self.model.parameters()).device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        if any(m.training for m in self.teacher.modules()):
+            self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        collator = self.data_collator
+        if isinstance(collator, TeacherStudentCollator):  # it tokenises raw text itself: keep the text column
+            self._signature_columns += [collator.text_column, collator.label_column]
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        labels = inputs["labels"]
+        teacher_inputs = {k[len(TEACHER_PREFIX):]: v for k, v in inputs.items() if k.startswith(TEACHER_PREFIX)}
+        student_inputs = {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX) and k != "labels"}
+        outputs = model(**student_inputs)
+        self._freeze_teacher()
+        with torch.inference_mode():
+            teacher_logits = self.teacher(**(teacher_inputs or student_inputs)).logits
+        teacher_logits = teacher_logits.clone()  # an ordinary tensor (constant) for the loss's graph
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.args.temperature, self.args.alpha)
+        # Mean over this micro-batch, or (with gradient accumulation) its share of the accumulated batch's mean.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        if num_items_in_batch is not None:
+            count = num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+            loss = loss * labels.shape[0] / count
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # the count is global; DDP averages over processes
+        return (loss, outputs) if return_outputs else loss
