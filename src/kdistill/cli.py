@@ -146,9 +146,20 @@ def _cmd_train_or_distill(args: argparse.Namespace) -> None:
     from kdistill.report import format_table
     from kdistill.runner import run_distill, run_train
 
+    from kdistill.text.runner import is_text_config
+
+    t0 = time.perf_counter()
+    if is_text_config(args.config, args.overrides):  # task: text-classification (Hugging Face models)
+        from kdistill.text.runner import _out, load_text_config, run_text_distill, run_text_train
+
+        cfg = load_text_config(args.config, args.overrides, distill=args.command == "distill")
+        run = run_text_train if args.command == "train" else run_text_distill
+        row = run(cfg, overwrite=args.overwrite, progress=not args.quiet)
+        print(format_table([row]))
+        print(f"run directory: {_out(cfg)}  ({time.perf_counter() - t0:.1f} s)")
+        return
     kind = TrainRunConfig if args.command == "train" else DistillRunConfig
     cfg = load_config(args.config, args.overrides, kind)
-    t0 = time.perf_counter()
     run = run_train if args.command == "train" else run_distill
     row = run(cfg, overwrite=args.overwrite, progress=not args.quiet)
     if not row:  # a process other than rank 0 under torchrun: rank 0 reports
@@ -170,7 +181,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from kdistill.report import format_table
     from kdistill.runner import evaluate_run
 
-    row = evaluate_run(args.run_dir, split=args.split, data_overrides=_parse_pairs(args.data))
+    from kdistill.text.runner import evaluate_text_run, is_text_run
+
+    if is_text_run(args.run_dir):
+        row = evaluate_text_run(args.run_dir, split=args.split)
+    else:
+        row = evaluate_run(args.run_dir, split=args.split, data_overrides=_parse_pairs(args.data))
     print(format_table([row]))
 
 

@@ -23,7 +23,11 @@ RUN_MARKERS = ("config.yaml", "model.json")
 # teacher with --overwrite removes them with the rest, as they describe the old weights;
 # so does `export` (kdistill.export: ONNX and int8 files).
 RUN_FILES = {"config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "state", "export",
-             "report.json", "report-val.json", "report-train.json", "report-test.json", "teacher-cache"}
+             "report.json", "report-val.json", "report-train.json", "report-test.json", "teacher-cache",
+             # text runs (kdistill.text.runner): the model's save_pretrained output and its tokenizer
+             "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model",
+             "chat_template.jinja"}
 
 
 def is_run_dir(path: Path) -> bool:

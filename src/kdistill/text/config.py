@@ -1,0 +1,102 @@
+"""Configs of text-classification runs (`task: text-classification`), validated like the vision ones."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kdistill.text.data import TextDataConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextTrainConfig(_Strict):
+    """The Hugging Face Trainer's budget: AdamW, linear warm-up then `scheduler` decay."""
+
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class FromTeacher(_Strict):
+    """DistilBERT's recipe: `num_layers` evenly spaced teacher layers, or exactly `layers`."""
+
+    num_layers: int | None = Field(None, ge=1)
+    layers: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "FromTeacher":
+        if (self.num_layers is None) == (self.layers is None):
+            raise ValueError("give num_layers or layers (not both)")
+        return self
+
+
+class StudentSpec(_Strict):
+    """`from_teacher: {num_layers: 2}` (copied layers) or `from_config: {num_hidden_layers: 2, ...}` (random init)."""
+
+    from_teacher: FromTeacher | None = None
+    from_config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "StudentSpec":
+        if (self.from_teacher is None) == (self.from_config is None):
+            raise ValueError("give exactly one of from_teacher or from_config (or a string hf:PATH)")
+        return self
+
+
+class TextDistillSettings(_Strict):
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+
+
+def _check_hf(value: str) -> str:
+    if not value.startswith("hf:") or len(value) <= 3:
+        raise ValueError("a Hugging Face model folder is written hf:PATH")
+    return value
+
+
+class _TextRun(_Strict):
+    task: Literal["text-classification"]
+    name: str
+    seed: int = Field(0, ge=0, lt=2**31)
+    data: TextDataConfig
+    train: TextTrainConfig = Field(default_factory=TextTrainConfig)
+    out: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or "/" in value or value in {".", ".."}:
+            raise ValueError("must be a non-empty name without '/'")
+        return value
+
+
+class TextTrainRunConfig(_TextRun):
+    """`kdistill train` of a text classifier: `model: hf:PATH` (a local Hugging Face folder)."""
+
+    model: str
+    role: Literal["teacher", "student"] = "teacher"
+
+    _hf = field_validator("model")(classmethod(lambda cls, v: _check_hf(v)))
+
+
+class TextDistillRunConfig(_TextRun):
+    """`kdistill distill` of a text classifier: `teacher` is a text run directory (or hf:PATH),
+    `student` is hf:PATH or a StudentSpec."""
+
+    teacher: str
+    student: str | StudentSpec
+    distill: TextDistillSettings = Field(default_factory=TextDistillSettings)
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, value: Any) -> Any:
+        return _check_hf(value) if isinstance(value, str) else value

@@ -1,0 +1,340 @@
+"""`kdistill train` / `distill` / `evaluate` for `task: text-classification` (Hugging Face models).
+
+A text run directory holds kdistill's `config.yaml`, `model.json`, `metrics.jsonl` and
+`report.json`, and the model's `save_pretrained` output with its tokenizer at the top level,
+so the run directory itself loads with `AutoModelForSequenceClassification.from_pretrained`
+and can be the teacher of another run. The Trainer's checkpoints (for resume) are in `state/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import ValidationError
+
+from kdistill.config import apply_overrides, format_validation_error, read_yaml
+from kdistill.errors import KdistillError
+from kdistill.rundir import check_out_dir, prepare_run_dir
+from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
+from kdistill.text.data import TextSplits, load_text_splits
+
+TASK = "text-classification"
+
+
+def is_text_config(path: str | Path, overrides: list[str]) -> bool:
+    raw = apply_overrides(read_yaml(path), overrides)
+    return raw.get("task") == TASK
+
+
+def load_text_config(path: str | Path, overrides: list[str], distill: bool) -> TextTrainRunConfig | TextDistillRunConfig:
+    raw = apply_overrides(read_yaml(path), overrides)
+    raw.setdefault("name", Path(path).stem)
+    kind = TextDistillRunConfig if distill else TextTrainRunConfig
+    if distill and "student" not in raw and "model" in raw:
+        raise KdistillError(f"{path}: this is a train config (it has 'model'); run `kdistill train`")
+    if not distill and "model" not in raw and "student" in raw:
+        raise KdistillError(f"{path}: this is a distill config (it has 'student'); run `kdistill distill`")
+    try:
+        return kind.model_validate(raw)
+    except ValidationError as exc:
+        raise KdistillError(format_validation_error(exc, str(path))) from None
+
+
+def _out(cfg: TextTrainRunConfig | TextDistillRunConfig) -> Path:
+    return Path(cfg.out) if cfg.out else Path("runs") / cfg.name
+
+
+def _hf_path(value: str, what: str) -> Path:
+    path = Path(value[3:] if value.startswith("hf:") else value)
+    if not (path / "config.json").is_file():
+        raise KdistillError(f"{what}: {path} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def _device(cfg: TextTrainRunConfig | TextDistillRunConfig) -> str:
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise KdistillError("train.device: cuda requested but no CUDA GPU is available; use train.device=cpu or auto")
+    return "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def _labels_of(model: Any) -> list[str]:
+    id2label = model.config.id2label or {}
+    return [str(id2label[i]) for i in sorted(id2label, key=int)]
+
+
+def _quiet_transformers(progress: bool = False) -> None:
+    """Transformers' own progress bars and load reports are noise next to kdistill's output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
+
+
+def load_classifier(path: Path, what: str, labels: list[str] | None = None):
+    """A sequence classifier and its tokenizer from a local folder; `labels` gives a new head its label names."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if labels is None:
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                ignore_mismatched_sizes=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise KdistillError(f"{what}: cannot load {path} ({str(exc).splitlines()[0][:200]})") from None
+    del config
+    return model, tokenizer
+
+
+def _check_teacher(teacher: Any, path: Path, data: TextSplits) -> None:
+    archs = teacher.config.architectures or []
+    if archs and not any("SequenceClassification" in a for a in archs):
+        raise KdistillError(f"teacher: {path} is a {archs[0]}, not a trained classifier; fine-tune it first "
+                            "(kdistill train with task: text-classification)")
+    names = _labels_of(teacher)
+    if names != data.labels:
+        raise KdistillError(f"teacher: {path} predicts {len(names)} labels {names[:4]}... but the data has {len(data.labels)} "
+                            f"{data.labels[:4]}...; distil on the data set the teacher was trained on")
+
+
+def _tokenized(rows: list[dict], tokenizer: Any, max_length: int):
+    import datasets
+
+    ds = datasets.Dataset.from_list(rows)
+    return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
+                  remove_columns=["text"]).rename_column("label", "labels")
+
+
+def _args(cfg: TextTrainRunConfig | TextDistillRunConfig, out: Path, n_train: int, progress: bool, distill: bool):
+    from transformers import TrainingArguments
+
+    from kdistill.text.trainer import DistillationTrainingArguments
+
+    steps = math.ceil(n_train / (cfg.data.batch_size * cfg.train.grad_accum)) * cfg.train.epochs
+    common = dict(output_dir=str(out / "state"), per_device_train_batch_size=cfg.data.batch_size,
+                  per_device_eval_batch_size=cfg.data.eval_batch_size, num_train_epochs=cfg.train.epochs,
+                  learning_rate=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                  warmup_steps=int(cfg.train.warmup_ratio * steps), lr_scheduler_type=cfg.train.scheduler,
+                  gradient_accumulation_steps=cfg.train.grad_accum, bf16=cfg.train.precision == "bf16",
+                  use_cpu=_device(cfg) == "cpu", eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
+                  load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
+                  logging_strategy="epoch", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
+                  disable_tqdm=not progress, dataloader_num_workers=0, save_only_model=False)
+    if distill:
+        return DistillationTrainingArguments(**common, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
+    return TrainingArguments(**common)
+
+
+def _accuracy_metric(prediction: Any) -> dict[str, float]:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
+
+
+def _write_metrics(trainer: Any, out: Path) -> None:
+    epochs: dict[int, dict[str, Any]] = {}
+    for entry in trainer.state.log_history:
+        if "epoch" not in entry:
+            continue
+        epoch = int(round(entry["epoch"]))
+        rec = epochs.setdefault(epoch, {"epoch": epoch})
+        if "loss" in entry:
+            rec.update(loss=entry["loss"], lr=entry.get("learning_rate"))
+        if "eval_accuracy" in entry:
+            rec.update(val_accuracy=entry["eval_accuracy"], val_loss=entry.get("eval_loss"))
+        if "train_runtime" in entry:
+            rec["seconds_total"] = entry["train_runtime"]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for _, r in sorted(epochs.items())))
+
+
+def predict_text_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """Logits (float32, CPU) of `model` for `texts`, batched with padding, in eval mode without autograd."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            outs.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu())
+    return torch.cat(outs)
+
+
+def measure_text_latency(model: Any, tokenizer: Any, texts: list[str], max_length: int, repeats: int = 50,
+                         warmup: int = 5) -> dict[str, Any]:
+    """Batch-1 CPU latency (ms) on real sentences: sentence r % n at its own length, tokenised outside the timer."""
+    model.eval()
+    encoded = [tokenizer(t, truncation=True, max_length=max_length, return_tensors="pt") for t in texts[: max(repeats, 1)]]
+    times = []
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            enc = encoded[r % len(encoded)]
+            t0 = time.perf_counter()
+            model(**enc)
+            if r >= warmup:
+                times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    return {"batch": 1, "median": statistics.median(times), "mean": statistics.fmean(times), "std": statistics.pstdev(times),
+            "p10": times[int(0.1 * (len(times) - 1))], "p90": times[int(0.9 * (len(times) - 1))], "repeats": repeats,
+            "threads": torch.get_num_threads()}
+
+
+def measure_text_throughput(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch: int = 64) -> dict[str, Any]:
+    enc = tokenizer(texts[:batch], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    n = int(enc["input_ids"].shape[0])
+    rates = []
+    with torch.inference_mode():
+        model(**enc)
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(**enc)
+            rates.append(n / (time.perf_counter() - t0))
+    return {"batch": n, "value": statistics.median(rates), "threads": torch.get_num_threads()}
+
+
+def evaluate_text_model(model: Any, tokenizer: Any, data: TextSplits, split: str, *, name: str, role: str, out: Path,
+                        max_length: int, seed: int, config_sha256: str | None, teacher: Any = None,
+                        teacher_tokenizer: Any = None) -> dict[str, Any]:
+    """A report row (the vision schema) for a text classifier, measured on the CPU."""
+    model = model.cpu().eval()
+    rows = data.split(split)
+    texts, labels = [r["text"] for r in rows], torch.tensor([r["label"] for r in rows])
+    logits = predict_text_logits(model, tokenizer, texts, max_length)
+    row = {"name": name, "role": role, "dataset": data.name, "split": split, "samples": len(rows),
+           "accuracy": float((logits.argmax(-1) == labels).float().mean()),
+           "params": sum(p.numel() for p in model.parameters()),
+           "size_bytes": (out / "model.safetensors").stat().st_size if (out / "model.safetensors").is_file() else None,
+           "latency_ms": measure_text_latency(model, tokenizer, texts, max_length),
+           "throughput_per_s": measure_text_throughput(model, tokenizer, texts, max_length),
+           "agreement_with_teacher": None, "seeds": [seed], "config_sha256": config_sha256}
+    if teacher is not None:
+        t_logits = predict_text_logits(teacher.cpu().eval(), teacher_tokenizer, texts, max_length)
+        row["agreement_with_teacher"] = float((logits.argmax(-1) == t_logits.argmax(-1)).float().mean())
+    return row
+
+
+def _config_sha(cfg: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected: list[Path]) -> bool:
+    check_out_dir(out, protected=protected)
+    spec = {"task": TASK, "format": "huggingface", "classes": labels}
+    return prepare_run_dir(out, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), spec, overwrite=overwrite)
+
+
+def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool) -> None:
+    checkpoints = sorted((out / "state").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resuming and checkpoints else None)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    _write_metrics(trainer, out)
+
+
+def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune `cfg.model` (hf:PATH) on the data's labels; returns the test report row."""
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+    data = load_text_splits(cfg.data)
+    source = _hf_path(cfg.model, "model")
+    set_seed(cfg.seed)
+    model, tokenizer = load_classifier(source, "model", labels=data.labels)
+    out = _out(cfg)
+    resuming = _prepare(cfg, out, overwrite, data.labels, [source])
+    trainer = Trainer(model=model, args=_args(cfg, out, len(data.train), progress, distill=False),
+                      train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
+                      eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
+    _finish(trainer, model, tokenizer, out, resuming)
+    row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
+                              max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=_config_sha(cfg))
+    (out / "report.json").write_text(json.dumps({"rows": [row]}, indent=2) + "\n")
+    return row
+
+
+def build_student(cfg: TextDistillRunConfig, teacher: Any, teacher_tokenizer: Any, labels: list[str]):
+    """The student the config describes, and its tokenizer."""
+    from kdistill.text.student import student_from_config, student_from_teacher
+
+    spec = cfg.student
+    if isinstance(spec, str):
+        return load_classifier(_hf_path(spec, "student"), "student", labels=labels)
+    if spec.from_teacher is not None:
+        return student_from_teacher(teacher, num_layers=spec.from_teacher.num_layers, layers=spec.from_teacher.layers), teacher_tokenizer
+    return student_from_config(teacher, **spec.from_config), teacher_tokenizer
+
+
+def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Distil the teacher (a text run directory or hf:PATH) into the student; returns the test report row."""
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from kdistill.text.trainer import DistillationTrainer, TeacherStudentCollator
+
+    data = load_text_splits(cfg.data)
+    teacher_dir = _hf_path(cfg.teacher, "teacher")
+    teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
+    _check_teacher(teacher, teacher_dir, data)
+    set_seed(cfg.seed)
+    student, student_tok = build_student(cfg, teacher, teacher_tok, data.labels)
+    out = _out(cfg)
+    resuming = _prepare(cfg, out, overwrite, data.labels, [teacher_dir])
+    if student_tok is teacher_tok:
+        train_ds = _tokenized(data.train, student_tok, cfg.data.max_length)
+        val_ds = _tokenized(data.val, student_tok, cfg.data.max_length)
+        collator = DataCollatorWithPadding(student_tok)
+    else:  # different tokenizers: each model gets its own encoding of the same text
+        train_ds, val_ds = data.train, data.val
+        collator = TeacherStudentCollator(student_tok, teacher_tok, max_length=cfg.data.max_length)
+    trainer = DistillationTrainer(model=student, args=_args(cfg, out, len(data.train), progress, distill=True),
+                                  train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+                                  compute_metrics=_accuracy_metric, teacher_model=teacher)
+    _finish(trainer, student, student_tok, out, resuming)
+    (out / "teacher.json").write_text(json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
+    row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,
+                              max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=_config_sha(cfg),
+                              teacher=teacher, teacher_tokenizer=teacher_tok)
+    (out / "report.json").write_text(json.dumps({"rows": [row]}, indent=2) + "\n")
+    return row
+
+
+def is_text_run(run_dir: Path) -> bool:
+    try:
+        return json.loads((Path(run_dir) / "model.json").read_text()).get("task") == TASK
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def evaluate_text_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """`kdistill evaluate` of a text run directory."""
+    run_dir = Path(run_dir)
+    raw = read_yaml(run_dir / "config.yaml")
+    distill = "student" in raw
+    try:
+        cfg = (TextDistillRunConfig if distill else TextTrainRunConfig).model_validate(raw)
+    except ValidationError as exc:
+        raise KdistillError(format_validation_error(exc, str(run_dir / "config.yaml"))) from None
+    data = load_text_splits(cfg.data)
+    model, tokenizer = load_classifier(run_dir, str(run_dir))
+    teacher = teacher_tok = None
+    if distill:
+        record = json.loads((run_dir / "teacher.json").read_text()) if (run_dir / "teacher.json").is_file() else {}
+        if record.get("path") and (Path(record["path"]) / "config.json").is_file():
+            teacher, teacher_tok = load_classifier(Path(record["path"]), "teacher")
+    row = evaluate_text_model(model, tokenizer, data, split, name=cfg.name, role="distilled" if distill else cfg.role,
+                              out=run_dir, max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=_config_sha(cfg),
+                              teacher=teacher, teacher_tokenizer=teacher_tok)
+    (run_dir / ("report.json" if split == "test" else f"report-{split}.json")).write_text(json.dumps({"rows": [row]}, indent=2) + "\n")
+    return row
