@@ -176,7 +176,7 @@ def fit(
             raise ValueError("the student shares parameters with the frozen teacher")
 
     n_train = len(data.train)
-    if batch_size < 2 * ctx.world:
+    if ctx.active and batch_size < 2 * ctx.world:
         raise KdistillError(f"data.batch_size={batch_size} is the global batch; with {ctx.world} processes it must be at "
                             f"least {2 * ctx.world} (2 samples per process for BatchNorm)")
     # A last batch with fewer than 2 samples per process would give BatchNorm a lone sample in train mode.
