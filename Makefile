@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text
 
 venv: $(STAMP)
 
@@ -32,7 +32,10 @@ bench-speed: $(STAMP)
 bench-methods: $(STAMP)
 	$(BIN)/python benchmarks/methods.py
 
-bench: bench-vision bench-speed bench-methods
+bench-text: $(STAMP)
+	$(BIN)/python benchmarks/text_kd.py
+
+bench: bench-vision bench-speed bench-methods bench-text
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

