@@ -99,13 +99,18 @@ def test_two_processes_resume_after_a_kill_and_bf16_runs(tmp_path, teacher_run):
     assert (tmp_path / "bf16" / "report.json").is_file()
 
 
-def test_crd_refuses_several_processes(tmp_path, teacher_run):
+def test_crd_and_a_too_small_global_batch_are_refused(tmp_path, teacher_run):
     cfg = _config(tmp_path, teacher_run, "crd")
     cfg["distill"] = {"method": "crd"}
     result = _torchrun("distill", str(write_yaml(tmp_path / "crd.yaml", cfg)), "-q")
     assert result.returncode != 0
     assert result.stderr.count("kdistill: error: distill.method 'crd' runs in one process only") == 1
     assert not (tmp_path / "crd").exists()
+    small = _config(tmp_path, teacher_run, "small")
+    small["data"]["batch_size"] = 3  # the global batch: 2 processes need at least 4
+    result = _torchrun("distill", str(write_yaml(tmp_path / "small.yaml", small)), "-q")
+    assert result.returncode != 0 and result.stderr.count("must be at least 4") == 1
+    assert not (tmp_path / "small").exists()  # refused before anything was written
 
 
 def test_sweep_finds_reproduces_and_resumes(tmp_path, teacher_run):
@@ -143,12 +148,17 @@ def test_sweep_finds_reproduces_and_resumes(tmp_path, teacher_run):
 
     # The same command with more trials continues the study; the first 8 stay as they were.
     before = {t["trial"]: t["val_accuracy"] for t in summary["trials"]}
-    more = run_cli("sweep", str(path), "--trials", "10", "--out", str(out), "--methods", "kd", "dist")
+    more = run_cli("sweep", str(path), "--trials", "10", "--out", str(out))
     assert more.returncode == 0, more.stderr
     resumed = json.loads((out / "trials.json").read_text())
     assert len(resumed["trials"]) == 10
     assert {t["trial"]: t["val_accuracy"] for t in resumed["trials"] if t["trial"] < 8} == before
-    assert all("distill.method" in t["overrides"] for t in resumed["trials"] if t["trial"] >= 8)
+    # Another search space (or config) in the same folder would mix incomparable trials: refused.
+    other = run_cli("sweep", str(path), "--trials", "12", "--out", str(out), "--methods", "kd", "dist")
+    assert other.returncode == 2 and "another config or search space" in other.stderr
+    methods = run_cli("sweep", str(path), "--trials", "3", "--out", str(tmp_path / "methods"), "--methods", "kd", "dist")
+    assert methods.returncode == 0, methods.stderr
+    assert all("distill.method" in t["overrides"] for t in json.loads((tmp_path / "methods" / "trials.json").read_text())["trials"])
 
 
 def test_sweep_errors_are_one_line(tmp_path, teacher_run):
@@ -157,6 +167,9 @@ def test_sweep_errors_are_one_line(tmp_path, teacher_run):
     cfg["sweep"] = {"space": {"distill.temperature": {"low": 5, "high": 1}}}
     result = run_cli("sweep", str(write_yaml(tmp_path / "bad.yaml", cfg)), "--out", str(tmp_path / "s1"))
     assert result.returncode == 2 and "low must be below high" in result.stderr and len(result.stderr.splitlines()) == 1
+    cfg["sweep"] = {"space": {"distill.temprature": {"low": 1, "high": 5}}}
+    result = run_cli("sweep", str(write_yaml(tmp_path / "typo.yaml", cfg)), "--out", str(tmp_path / "s4"))
+    assert result.returncode == 2 and "distill.temprature is not a setting of any method" in result.stderr
     cfg["sweep"] = {"spaces": {}}
     result = run_cli("sweep", str(write_yaml(tmp_path / "bad2.yaml", cfg)), "--out", str(tmp_path / "s2"))
     assert result.returncode == 2 and "unknown key 'spaces'" in result.stderr

@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         if main_process:
-            sys.stderr.write("kdistill: interrupted; run the same command again to resume from the last completed epoch\n")
+            again = {"train": "resume from the last completed epoch", "distill": "resume from the last completed epoch",
+                     "sweep": "continue the sweep (the interrupted trial runs again)",
+                     "cache-teacher": "build the cache again"}.get(args.command, "start over")
+            sys.stderr.write(f"kdistill: interrupted; run the same command again to {again}\n")
         return 130
     finally:
         from kdistill.distributed import shutdown

@@ -85,7 +85,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise KdistillError(f"--out {out} is not empty and holds no earlier comparison; choose another --out")
         if not overwrite:
             raise KdistillError(f"--out {out} already holds a comparison; pass --overwrite to replace it or choose another --out")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.endswith(".tmp")
+                         and not p.name.endswith(".tmp.png"))
         if foreign:
             raise KdistillError(f"--out {out} holds files compare did not write ({', '.join(foreign[:3])}); choose another --out")
 
@@ -295,6 +296,8 @@ def _write_outputs(result: dict[str, Any], curves: dict[str, list[dict[str, Any]
     from kdistill import plots as plotting
 
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [p for p in out.iterdir() if p.suffix == ".png"]:  # an earlier comparison's plots describe other rows
+        stale.unlink()
     images: list[Path] = []
     if plots and plotting.matplotlib_available():
         pictures = [("tradeoff.png", lambda p: plotting.plot_tradeoff(result["rows"], p,

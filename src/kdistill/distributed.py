@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, TypeVar
 
 import torch
@@ -105,6 +106,14 @@ class Context:
             raise KdistillError(box[0])
         return result
 
+    def broadcast_object(self, obj: T) -> T:
+        """Rank 0's `obj` on every rank (picklable objects; tensors come back on the CPU)."""
+        if not self.active:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather(self, obj: object) -> list[object]:
         """Every rank's `obj`, in rank order (a list of one when alone)."""
         if not self.active:
@@ -139,7 +148,8 @@ def init_from_env(device: torch.device) -> Context:
                                 "`torchrun --nproc_per_node N -m kdistill ...`")
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # A long wait is normal (rank 0 building the teacher cache while the others wait): 2 h, not the 10 min default.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return current()
 
 

@@ -133,6 +133,13 @@ def _completed_metrics(path: Path, epochs_done: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def check_global_batch(batch_size: int, ctx: distributed.Context) -> None:
+    """`data.batch_size` is the global batch: at least 2 samples per process (BatchNorm in train mode)."""
+    if ctx.active and batch_size < 2 * ctx.world:
+        raise KdistillError(f"data.batch_size={batch_size} is the global batch; with {ctx.world} processes it must be at "
+                            f"least {2 * ctx.world} (2 samples per process for BatchNorm)")
+
+
 def fit(
     student: nn.Module,
     method: Method,
@@ -159,8 +166,8 @@ def fit(
     started = time.perf_counter()
     ctx = distributed.current()
     device = resolve_device(cfg.device)
-    if ctx.active and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", ctx.local_rank)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)  # one GPU per process, whatever index the config named
     student.to(device)
     method.to(device)
     if teacher is not None:
@@ -176,9 +183,7 @@ def fit(
             raise ValueError("the student shares parameters with the frozen teacher")
 
     n_train = len(data.train)
-    if ctx.active and batch_size < 2 * ctx.world:
-        raise KdistillError(f"data.batch_size={batch_size} is the global batch; with {ctx.world} processes it must be at "
-                            f"least {2 * ctx.world} (2 samples per process for BatchNorm)")
+    check_global_batch(batch_size, ctx)
     # A last batch with fewer than 2 samples per process would give BatchNorm a lone sample in train mode.
     drop_last = 0 < n_train % batch_size < 2 * ctx.world
     batches_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
@@ -188,12 +193,19 @@ def fit(
 
     start_epoch, best_acc, best_epoch = 0, -1.0, 0
     ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
+    def read_checkpoint() -> dict | None:
+        if not ckpt_path.exists():
+            return None
         try:
-            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            return torch.load(ckpt_path, weights_only=True, map_location="cpu")
         except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
             raise KdistillError(f"{ckpt_path}: corrupt resume checkpoint ({str(exc).splitlines()[0]}); "
                                 "delete the run directory or pass --overwrite to start over") from None
+
+    # Rank 0 reads the checkpoint and hands it to every process: they resume (or start) together,
+    # even on nodes that do not share rank 0's disk.
+    ckpt = ctx.broadcast_object(ctx.on_main(read_checkpoint)) if ctx.active else read_checkpoint()
+    if ckpt is not None:
         student.load_state_dict(ckpt["student"])
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -274,12 +286,12 @@ def fit(
             ctx.broadcast_buffers(student)  # BatchNorm statistics of rank 0, as DDP keeps them
             ctx.broadcast_buffers(method)
             keys = sorted(sums)
-            totals = ctx.sum([sums[k] for k in keys] + [seen, correct])
+            totals = ctx.sum([sums[k] for k in keys] + [seen, correct], device)
             sums, seen, correct = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])
             part = ctx.shard(len(data.val))  # each process scores its slice of the validation split
             val_correct = int((predict_logits(student, data.val.inputs[part], eval_batch_size).argmax(-1)
                                == data.val.labels[part]).sum())
-            val_acc = ctx.sum([val_correct])[0] / len(data.val)
+            val_acc = ctx.sum([val_correct], device)[0] / len(data.val)
             shards = ctx.gather({"samples": shard_count, "index_sum": shard_sum})
         else:
             val_acc = accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)

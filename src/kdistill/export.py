@@ -95,18 +95,26 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
             lg.setLevel(level)
 
 
+def _onnxruntime_step(what: str, step: Callable[[], None]) -> None:
+    """Run one ONNX Runtime quantisation step; its failures (many exception types) become one line."""
+    try:
+        step()
+    except Exception as exc:
+        raise KdistillError(f"{what} failed for this model: {str(exc).strip().splitlines()[0][:300]}") from None
+
+
 def preprocess_for_quantization(src: Path, dst: Path) -> None:
     """ONNX Runtime's recommended step before quantising: shape inference and graph optimisation."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    _onnxruntime_step("ONNX Runtime pre-processing", lambda: quant_pre_process(str(src), str(dst), skip_symbolic_shape=False))
 
 
 def quantize_onnx_dynamic(src: Path, dst: Path) -> None:
     """ONNX Runtime dynamic quantisation: int8 weights; activations quantised per call from their range."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    _onnxruntime_step("int8 dynamic quantisation", lambda: quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8))
 
 
 def quantize_onnx_static(src: Path, dst: Path, calibration: torch.Tensor, batch_size: int = 32) -> None:
@@ -122,8 +130,9 @@ def quantize_onnx_static(src: Path, dst: Path, calibration: torch.Tensor, batch_
             batch = next(self._batches, None)
             return None if batch is None else {"input": batch}
 
-    quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    _onnxruntime_step("int8 static quantisation", lambda: quantize_static(
+        str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))
 
 
 def quantize_torch_dynamic(model: nn.Module) -> nn.Module:
@@ -325,8 +334,10 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
 
     part = data.split(verify_split)
     reference = predict_logits(model, part.inputs)
-    work = out / f".work-{os.getpid()}"
     out.mkdir(exist_ok=True)
+    for stale in out.glob(".work-*"):  # left by an export that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    work = out / f".work-{os.getpid()}"
     work.mkdir()
     try:
         results: dict[str, dict[str, Any]] = {}

@@ -21,7 +21,7 @@ from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, dump_c
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
-from kdistill.engine import BEST, fit, resolve_device, seed_everything
+from kdistill.engine import BEST, check_global_batch, fit, resolve_device, seed_everything
 from kdistill.errors import KdistillError
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
@@ -97,6 +97,7 @@ def _train_and_report(
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
     ctx = distributed.current()
+    check_global_batch(cfg.data.batch_size, ctx)  # before anything is written
     if ctx.active and method.single_process_reason:
         raise KdistillError(f"distill.method {method.name!r} runs in one process only: {method.single_process_reason}; "
                             "start it without torchrun")

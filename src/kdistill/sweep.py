@@ -81,6 +81,8 @@ class SweepConfig(BaseModel):
                     raise ValueError(f"{key}: low must be below high")
                 if rng.log and rng.low <= 0:
                     raise ValueError(f"{key}: a log range needs low > 0")
+                if rng.log and rng.step is not None:
+                    raise ValueError(f"{key}: a log range cannot have a step")
             else:
                 raise ValueError(f"{key}: give a list of choices or {{low, high[, log, step, type: int]}}")
         return space
@@ -128,6 +130,22 @@ def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str) -> di
         else:
             values[key] = _suggest(trial, key, spec)
     return values
+
+
+def _check_distill_keys(space: dict[str, Any]) -> None:
+    """`distill.X` must be a setting of some method (or of `distill` itself): a typo would otherwise never be sampled."""
+    from kdistill.methods import METHODS
+
+    known = set(DistillConfig.model_fields) | {f for cls in METHODS.values() for f in cls.Params.model_fields}
+    for key in space:
+        parts = key.split(".")
+        if parts[0] != "distill" or key == "distill.method":
+            continue
+        if len(parts) == 2 and parts[1] not in known and parts[1] not in METHODS:
+            raise KdistillError(f"sweep.space: {key} is not a setting of any method (e.g. distill.temperature, distill.alpha)")
+        if len(parts) >= 3 and parts[1] in METHODS and parts[2] not in _method_fields(parts[1]):
+            raise KdistillError(f"sweep.space: {key}: method {parts[1]!r} has no setting {parts[2]!r} "
+                                f"(it has: {', '.join(sorted(_method_fields(parts[1])))})")
 
 
 def _settings_into_section(raw: dict[str, Any], method: str) -> dict[str, Any]:
@@ -203,6 +221,7 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
         for name in methods:
             _method_fields(name)  # an unknown name fails here, before anything is written
         sweep.space["distill.method"] = list(methods)
+    _check_distill_keys(sweep.space)
     base = validate_config(raw, DistillRunConfig, source=str(config_path))  # the config itself must be valid
     if "distill.method" in sweep.space:
         raw = _settings_into_section(raw, base.distill.method)
@@ -217,10 +236,26 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
         sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(1, sweep.trials // 2)))
         study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, pruner=pruner,
                                     direction="maximize", load_if_exists=True)
+        fingerprint = _fingerprint(raw, sweep)
+        recorded = study.user_attrs.get("fingerprint")
+        if recorded is None:
+            study.set_user_attr("fingerprint", fingerprint)
+            study.set_user_attr("config", raw)
+            study.set_user_attr("space", sweep.space)
+        elif recorded != fingerprint:
+            raise KdistillError(f"{directory} holds a sweep of another config or search space; continue it with the same "
+                                "config (only --trials may grow), or choose another --out")
+        retried = set(study.user_attrs.get("retried", []))
+        interrupted = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                       if t.user_attrs.get("interrupted") and t.number not in retried]
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # killed with the last sweep
             storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)
-            study.enqueue_trial(stale.params, user_attrs={"retry_of": stale.number})
-            log(f"trial {stale.number} was interrupted; it will run again with the same values")
+            interrupted.append(stale)
+        for trial in interrupted:  # Ctrl-C'd or killed: run again with the same values
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            retried.add(trial.number)
+            log(f"trial {trial.number} was interrupted; it will run again with the same values")
+        study.set_user_attr("retried", sorted(retried))
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
         def objective(trial: Any) -> float:
@@ -241,6 +276,9 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
             t0 = time.perf_counter()
             try:
                 row = run_distill(cfg, overwrite=True, progress=False, on_epoch_end=report)
+            except KeyboardInterrupt:
+                trial.set_user_attr("interrupted", True)  # Optuna marks it failed; the next sweep runs it again
+                raise
             except optuna.TrialPruned:
                 trial.set_user_attr("seconds", time.perf_counter() - t0)
                 log(f"trial {trial.number}: {_describe(values)} -> pruned at epoch {trial.user_attrs.get('epochs')} "
@@ -260,6 +298,15 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
     finally:
         lock.unlink(missing_ok=True)
     return summary
+
+
+def _fingerprint(raw: dict[str, Any], sweep: SweepConfig) -> str:
+    """What a study's trials depend on: the config (without `sweep`) and the search space, not the trial count."""
+    import hashlib
+
+    text = json.dumps({"config": raw, "space": sweep.space, "prune": sweep.prune, "seed": sweep.seed,
+                       "startup_trials": sweep.startup_trials}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _describe(values: dict[str, Any]) -> str:

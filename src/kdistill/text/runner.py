@@ -69,6 +69,21 @@ def _labels_of(model: Any) -> list[str]:
     return [str(id2label[i]) for i in sorted(id2label, key=int)]
 
 
+def require_text_extra() -> None:
+    """Text runs need transformers, accelerate and datasets (the `text` extra); say so in one line; and they run
+    in one process (the Trainer's own multi-process support is not wired to kdistill's run directory yet)."""
+    import importlib.util
+
+    from kdistill import distributed
+
+    missing = [m for m in ("transformers", "accelerate", "datasets") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise KdistillError(f"task: text-classification needs {', '.join(missing)}: pip install 'kdistill[text]'")
+    if distributed.launched():
+        raise KdistillError("text-classification runs do not run under torchrun yet; start them as one process, or use "
+                            "kdistill.text.DistillationTrainer in your own torchrun script")
+
+
 def _quiet_transformers(progress: bool = False) -> None:
     """Transformers' own progress bars and load reports are noise next to kdistill's output."""
     from transformers.utils import logging as hf_logging
@@ -237,8 +252,10 @@ def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected:
 
 
 def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool) -> None:
-    checkpoints = sorted((out / "state").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if resuming and checkpoints else None)
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _write_metrics(trainer, out)
@@ -246,6 +263,7 @@ def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool)
 
 def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune `cfg.model` (hf:PATH) on the data's labels; returns the test report row."""
+    require_text_extra()
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     data = load_text_splits(cfg.data)
@@ -279,6 +297,7 @@ def build_student(cfg: TextDistillRunConfig, teacher: Any, teacher_tokenizer: An
 
 def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Distil the teacher (a text run directory or hf:PATH) into the student; returns the test report row."""
+    require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
 
     from kdistill.text.trainer import DistillationTrainer, TeacherStudentCollator
@@ -319,6 +338,7 @@ def is_text_run(run_dir: Path) -> bool:
 
 def evaluate_text_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """`kdistill evaluate` of a text run directory."""
+    require_text_extra()
     run_dir = Path(run_dir)
     raw = read_yaml(run_dir / "config.yaml")
     distill = "student" in raw
