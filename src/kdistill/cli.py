@@ -150,13 +150,13 @@ def _cmd_train_or_distill(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     if is_text_config(args.config, args.overrides):  # task: text-classification (Hugging Face models)
-        from kdistill.text.runner import _out, load_text_config, run_text_distill, run_text_train
+        from kdistill.text.runner import load_text_config, run_text_distill, run_text_train
 
         cfg = load_text_config(args.config, args.overrides, distill=args.command == "distill")
         run = run_text_train if args.command == "train" else run_text_distill
         row = run(cfg, overwrite=args.overwrite, progress=not args.quiet)
         print(format_table([row]))
-        print(f"run directory: {_out(cfg)}  ({time.perf_counter() - t0:.1f} s)")
+        print(f"run directory: {cfg.out_dir()}  ({time.perf_counter() - t0:.1f} s)")
         return
     kind = TrainRunConfig if args.command == "train" else DistillRunConfig
     cfg = load_config(args.config, args.overrides, kind)

@@ -30,8 +30,8 @@ from kdistill.errors import KdistillError
 from kdistill.export import Predictor, load_predictor, read_export_record, torch_runner
 from kdistill.teachers import file_sha256, recorded_teacher
 from kdistill.models import count_params
-from kdistill.report import calibration
-from kdistill.rundir import is_run_dir
+from kdistill.report import calibration, summarize_times
+from kdistill.rundir import is_run_dir, write_text_atomic
 
 OUTPUTS = ("compare.json", "compare.md", "compare.html", "tradeoff.png", "curves.png", "reliability.png")
 
@@ -105,13 +105,6 @@ def _time_interleaved(rows: list[Row], inputs: torch.Tensor, repeats: int, warmu
                 rows[i].predictor(inputs)
                 times[i].append((time.perf_counter() - t0) * 1000.0)
     return times
-
-
-def _summary(times: list[float]) -> dict[str, Any]:
-    ordered = sorted(times)
-    return {"median": statistics.median(ordered), "mean": statistics.fmean(ordered), "std": statistics.pstdev(ordered),
-            "p10": ordered[int(0.1 * (len(ordered) - 1))], "p90": ordered[int(0.9 * (len(ordered) - 1))],
-            "repeats": len(ordered)}
 
 
 def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", split: str = "test", repeats: int = 50,
@@ -195,7 +188,7 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
     log(f"timing {len(rows)} model(s): {repeats} interleaved batch-1 rounds, {threads} thread(s)")
     single = part.inputs[:1].contiguous()
     for row, times in zip(rows, _time_interleaved(rows, single, repeats, warmup=10)):
-        row.result["latency_ms"] = {"batch": 1, **_summary(times), "threads": threads}
+        row.result["latency_ms"] = summarize_times(times, batch=1)
     big = part.inputs[: min(256, len(part))].contiguous()
     for row, times in zip(rows, _time_interleaved(rows, big, max(3, repeats // 10), warmup=1)):
         row.result["throughput_per_s"] = {"batch": int(big.shape[0]), "value": big.shape[0] / (statistics.median(times) / 1000.0),
@@ -315,9 +308,7 @@ def _write_outputs(result: dict[str, Any], curves: dict[str, list[dict[str, Any]
         log("kdistill: warning: matplotlib is not installed, so no plots were drawn (pip install 'kdistill[plots]')")
     for name, text in (("compare.json", json.dumps(result, indent=2) + "\n"), ("compare.md", markdown_table(result) + "\n"),
                        ("compare.html", _html_page(result, images))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        write_text_atomic(out / name, text)
 
 
 __all__ = ["compare_runs", "expand_runs", "markdown_table"]

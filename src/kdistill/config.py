@@ -234,9 +234,10 @@ def load_config(
 
 def validate_config(raw: dict[str, Any], kind: type[_RunConfig], source: str = "config") -> _RunConfig:
     """Validate a raw mapping; a wrong kind of config (train vs distill) gets a pointed message."""
-    if kind is TrainRunConfig and "model" not in raw and "student" in raw:
+    trains_model = "model" in kind.model_fields  # train configs (vision or text) have `model`, distill ones `student`
+    if trains_model and "model" not in raw and "student" in raw:
         raise KdistillError(f"{source}: this is a distill config (it has 'student'); run `kdistill distill`")
-    if kind is DistillRunConfig and "student" not in raw and "model" in raw:
+    if not trains_model and "student" not in raw and "model" in raw:
         raise KdistillError(f"{source}: this is a train config (it has 'model'); run `kdistill train`")
     try:
         return kind.model_validate(raw)

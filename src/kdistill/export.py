@@ -33,6 +33,7 @@ from torch import nn
 
 from kdistill.errors import KdistillError
 from kdistill.inference import accuracy, predict_logits
+from kdistill.rundir import write_text_atomic
 from kdistill.teachers import file_sha256
 
 EXPORT_DIR = "export"
@@ -399,7 +400,5 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
     record = {"run": str(run_dir), "weights_sha256": weights_sha, "dataset": data.name,
               "input_shape": list(data.input_shape), "classes": data.classes,
               "torch": torch.__version__, "variants": {**record.get("variants", {}), **results}}
-    tmp = out / (EXPORT_JSON + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out / EXPORT_JSON)
+    write_text_atomic(out / EXPORT_JSON, json.dumps(record, indent=2) + "\n")
     return record

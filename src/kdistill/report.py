@@ -36,17 +36,15 @@ def measure_latency(model: nn.Module, example: torch.Tensor, *, warmup: int = 10
             t0 = time.perf_counter()
             model(example)
             times.append((time.perf_counter() - t0) * 1000.0)
-    times.sort()
-    return {
-        "batch": int(example.shape[0]),
-        "median": statistics.median(times),
-        "mean": statistics.fmean(times),
-        "std": statistics.pstdev(times),
-        "p10": times[int(0.1 * (len(times) - 1))],
-        "p90": times[int(0.9 * (len(times) - 1))],
-        "repeats": repeats,
-        "threads": torch.get_num_threads(),
-    }
+    return summarize_times(times, batch=int(example.shape[0]))
+
+
+def summarize_times(times: list[float], *, batch: int) -> dict[str, Any]:
+    """The latency record of timed passes (ms): batch, median, mean, std, p10, p90, repeats, threads."""
+    ordered = sorted(times)
+    return {"batch": batch, "median": statistics.median(ordered), "mean": statistics.fmean(ordered),
+            "std": statistics.pstdev(ordered), "p10": ordered[int(0.1 * (len(ordered) - 1))],
+            "p90": ordered[int(0.9 * (len(ordered) - 1))], "repeats": len(ordered), "threads": torch.get_num_threads()}
 
 
 def measure_throughput(model: nn.Module, inputs: torch.Tensor, *, batch: int = 256, repeats: int = 5) -> dict[str, Any]:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from kdistill.config import _RunConfig, _Strict
 from kdistill.text.data import TextDataConfig
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TextTrainConfig(_Strict):
@@ -63,20 +60,12 @@ def _check_hf(value: str) -> str:
     return value
 
 
-class _TextRun(_Strict):
+class _TextRun(_RunConfig):
+    """A vision run's name, seed and out (and their checks), with text data and the Trainer's budget."""
+
     task: Literal["text-classification"]
-    name: str
-    seed: int = Field(0, ge=0, lt=2**31)
     data: TextDataConfig
     train: TextTrainConfig = Field(default_factory=TextTrainConfig)
-    out: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not value or "/" in value or value in {".", ".."}:
-            raise ValueError("must be a non-empty name without '/'")
-        return value
 
 
 class TextTrainRunConfig(_TextRun):

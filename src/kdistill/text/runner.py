@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from pydantic import ValidationError
 
-from kdistill.config import apply_overrides, format_validation_error, read_yaml
+from kdistill.config import apply_overrides, dump_config, load_config, read_yaml, validate_config
 from kdistill.errors import KdistillError
+from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, prepare_run_dir
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextSplits, load_text_splits
@@ -34,21 +33,7 @@ def is_text_config(path: str | Path, overrides: list[str]) -> bool:
 
 
 def load_text_config(path: str | Path, overrides: list[str], distill: bool) -> TextTrainRunConfig | TextDistillRunConfig:
-    raw = apply_overrides(read_yaml(path), overrides)
-    raw.setdefault("name", Path(path).stem)
-    kind = TextDistillRunConfig if distill else TextTrainRunConfig
-    if distill and "student" not in raw and "model" in raw:
-        raise KdistillError(f"{path}: this is a train config (it has 'model'); run `kdistill train`")
-    if not distill and "model" not in raw and "student" in raw:
-        raise KdistillError(f"{path}: this is a distill config (it has 'student'); run `kdistill distill`")
-    try:
-        return kind.model_validate(raw)
-    except ValidationError as exc:
-        raise KdistillError(format_validation_error(exc, str(path))) from None
-
-
-def _out(cfg: TextTrainRunConfig | TextDistillRunConfig) -> Path:
-    return Path(cfg.out) if cfg.out else Path("runs") / cfg.name
+    return load_config(path, overrides, TextDistillRunConfig if distill else TextTrainRunConfig)
 
 
 def _hf_path(value: str, what: str) -> Path:
@@ -199,10 +184,7 @@ def measure_text_latency(model: Any, tokenizer: Any, texts: list[str], max_lengt
             model(**enc)
             if r >= warmup:
                 times.append((time.perf_counter() - t0) * 1000.0)
-    times.sort()
-    return {"batch": 1, "median": statistics.median(times), "mean": statistics.fmean(times), "std": statistics.pstdev(times),
-            "p10": times[int(0.1 * (len(times) - 1))], "p90": times[int(0.9 * (len(times) - 1))], "repeats": repeats,
-            "threads": torch.get_num_threads()}
+    return summarize_times(times, batch=1)
 
 
 def measure_text_throughput(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch: int = 64) -> dict[str, Any]:
@@ -239,16 +221,10 @@ def evaluate_text_model(model: Any, tokenizer: Any, data: TextSplits, split: str
     return row
 
 
-def _config_sha(cfg: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-
-
 def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected: list[Path]) -> bool:
     check_out_dir(out, protected=protected)
     spec = {"task": TASK, "format": "huggingface", "classes": labels}
-    return prepare_run_dir(out, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), spec, overwrite=overwrite)
+    return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
 
 
 def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool) -> None:
@@ -270,7 +246,7 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
     source = _hf_path(cfg.model, "model")
     set_seed(cfg.seed)
     model, tokenizer = load_classifier(source, "model", labels=data.labels)
-    out = _out(cfg)
+    out = cfg.out_dir()
     resuming = _prepare(cfg, out, overwrite, data.labels, [source])
     trainer = Trainer(model=model, args=_args(cfg, out, len(data.train), progress, distill=False),
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
@@ -278,8 +254,8 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
     _finish(trainer, model, tokenizer, out, resuming)
     row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
-                              max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=_config_sha(cfg))
-    (out / "report.json").write_text(json.dumps({"rows": [row]}, indent=2) + "\n")
+                              max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256())
+    write_report([row], out / "report.json")
     return row
 
 
@@ -308,7 +284,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     _check_teacher(teacher, teacher_dir, data)
     set_seed(cfg.seed)
     student, student_tok = build_student(cfg, teacher, teacher_tok, data.labels)
-    out = _out(cfg)
+    out = cfg.out_dir()
     resuming = _prepare(cfg, out, overwrite, data.labels, [teacher_dir])
     if student_tok is teacher_tok:
         train_ds = _tokenized(data.train, student_tok, cfg.data.max_length)
@@ -323,9 +299,9 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     _finish(trainer, student, student_tok, out, resuming)
     (out / "teacher.json").write_text(json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
     row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,
-                              max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=_config_sha(cfg),
+                              max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),
                               teacher=teacher, teacher_tokenizer=teacher_tok)
-    (out / "report.json").write_text(json.dumps({"rows": [row]}, indent=2) + "\n")
+    write_report([row], out / "report.json")
     return row
 
 
@@ -342,10 +318,7 @@ def evaluate_text_run(run_dir: str | Path, split: str = "test") -> dict[str, Any
     run_dir = Path(run_dir)
     raw = read_yaml(run_dir / "config.yaml")
     distill = "student" in raw
-    try:
-        cfg = (TextDistillRunConfig if distill else TextTrainRunConfig).model_validate(raw)
-    except ValidationError as exc:
-        raise KdistillError(format_validation_error(exc, str(run_dir / "config.yaml"))) from None
+    cfg = validate_config(raw, TextDistillRunConfig if distill else TextTrainRunConfig, source=str(run_dir / "config.yaml"))
     data = load_text_splits(cfg.data)
     model, tokenizer = load_classifier(run_dir, str(run_dir))
     teacher = teacher_tok = None
@@ -354,7 +327,7 @@ def evaluate_text_run(run_dir: str | Path, split: str = "test") -> dict[str, Any
         if record.get("path") and (Path(record["path"]) / "config.json").is_file():
             teacher, teacher_tok = load_classifier(Path(record["path"]), "teacher")
     row = evaluate_text_model(model, tokenizer, data, split, name=cfg.name, role="distilled" if distill else cfg.role,
-                              out=run_dir, max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=_config_sha(cfg),
+                              out=run_dir, max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),
                               teacher=teacher, teacher_tokenizer=teacher_tok)
-    (run_dir / ("report.json" if split == "test" else f"report-{split}.json")).write_text(json.dumps({"rows": [row]}, indent=2) + "\n")
+    write_report([row], run_dir / ("report.json" if split == "test" else f"report-{split}.json"))
     return row
