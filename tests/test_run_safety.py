@@ -4,7 +4,6 @@ run is protected, unfinished runs stay resumable, and odd inputs give one-line e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from conftest import tree_digest, write_yaml
 from kdistill.cli import main
 from kdistill.config import TrainConfig
-from kdistill.data.splits import Batch, DataSplits, Split
+from kdistill.data.splits import DataSplits, Split
 from kdistill.engine import fit
 from kdistill.methods import build_method
 from kdistill.models import build_model, load_run_model

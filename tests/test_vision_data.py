@@ -27,7 +27,7 @@ from PIL import Image
 
 from kdistill.cli import main
 from kdistill.config import DataConfig
-from kdistill.data import LOADERS, cifar, idx, imagefolder, load_dataset
+from kdistill.data import LOADERS, cifar, idx, load_dataset
 from kdistill.data.augment import build_augmentation, hflip
 from kdistill.data.splits import stratified_holdout
 from kdistill.errors import KdistillError

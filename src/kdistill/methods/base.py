@@ -119,6 +119,6 @@ def build_method(name: str, raw_params: dict[str, Any], where: str = "distill") 
         message = format_validation_error(exc, f"{where} (method {name!r}, parameters: {known})")
         message = message.replace("unknown key '", f"unknown parameter '{where}.")
         if where == "distill" and "unknown parameter" in message:
-            message += f"; settings of other methods go in their own section, e.g. distill.kd: {{temperature: 4}}"
+            message += "; settings of other methods go in their own section, e.g. distill.kd: {temperature: 4}"
         raise KdistillError(message) from None
     return cls(params)
