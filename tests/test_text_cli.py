@@ -56,13 +56,26 @@ def _data(root: Path) -> dict:
             "max_length": 48, "batch_size": 16}
 
 
-def test_text_teacher_then_distilled_student_through_the_cli(tmp_path, text_data):
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory, text_data) -> dict:
+    """A tiny-BERT teacher trained through the CLI and a 2-layer student distilled from it (with their configs)."""
+    root = tmp_path_factory.mktemp("text-runs")
     teacher_cfg = {"task": "text-classification", "name": "tt", "data": _data(text_data),
                    "model": f"hf:{text_data / 'tiny-bert'}", "train": {"epochs": 2, "lr": 1e-3, "device": "cpu"},
-                   "out": str(tmp_path / "teacher")}
-    result = run_cli("train", str(write_yaml(tmp_path / "teacher.yaml", teacher_cfg)), "-q")
-    assert result.returncode == 0, result.stderr
-    teacher = tmp_path / "teacher"
+                   "out": str(root / "teacher")}
+    teacher = run_cli("train", str(write_yaml(root / "teacher.yaml", teacher_cfg)), "-q")
+    assert teacher.returncode == 0, teacher.stderr
+    student_cfg = {"task": "text-classification", "name": "ts", "data": _data(text_data), "teacher": str(root / "teacher"),
+                   "student": {"from_teacher": {"num_layers": 2}}, "distill": {"temperature": 2.0, "alpha": 0.5},
+                   "train": {"epochs": 1, "lr": 1e-3, "device": "cpu"}, "out": str(root / "student")}
+    config = write_yaml(root / "student.yaml", student_cfg)
+    student = run_cli("distill", str(config), "-q")
+    assert student.returncode == 0, student.stderr
+    return {"teacher": root / "teacher", "student": root / "student", "student_config": config, "student_stdout": student.stdout}
+
+
+def test_text_teacher_then_distilled_student_through_the_cli(text_runs):
+    teacher = text_runs["teacher"]
     for name in ("config.yaml", "model.json", "config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "report.json"):
         assert (teacher / name).is_file(), name
     hf_config = json.loads((teacher / "config.json").read_text())
@@ -71,14 +84,8 @@ def test_text_teacher_then_distilled_student_through_the_cli(tmp_path, text_data
     row = json.loads((teacher / "report.json").read_text())["rows"][0]
     assert row["role"] == "teacher" and row["samples"] == 32 and row["latency_ms"]["batch"] == 1 and row["params"] > 0
 
-    student_cfg = {"task": "text-classification", "name": "ts", "data": _data(text_data), "teacher": str(teacher),
-                   "student": {"from_teacher": {"num_layers": 2}}, "distill": {"temperature": 2.0, "alpha": 0.5},
-                   "train": {"epochs": 1, "lr": 1e-3, "device": "cpu"}, "out": str(tmp_path / "student")}
-    path = write_yaml(tmp_path / "student.yaml", student_cfg)
-    result = run_cli("distill", str(path), "-q")
-    assert result.returncode == 0, result.stderr
-    assert "| ts | distilled |" in result.stdout
-    student = tmp_path / "student"
+    assert "| ts | distilled |" in text_runs["student_stdout"]
+    student = text_runs["student"]
     report = json.loads((student / "report.json").read_text())["rows"][0]
     assert report["params"] < row["params"] and report["agreement_with_teacher"] is not None
     loaded = transformers.AutoModelForSequenceClassification.from_pretrained(student)
@@ -89,9 +96,65 @@ def test_text_teacher_then_distilled_student_through_the_cli(tmp_path, text_data
     assert (student / "report-val.json").is_file() and "| ts | distilled |" in evaluated.stdout
 
     before = tree_digest(student)
-    again = run_cli("distill", str(path), "-q")
+    again = run_cli("distill", str(text_runs["student_config"]), "-q")
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert tree_digest(student) == before
+
+
+# int8 variants of the tiny BERT must stay within this many points of fp32 on the 32-sample validation slice.
+INT8_TOLERANCE_POINTS = 10.0
+
+
+def test_text_export_round_trip_onnx_and_int8(text_runs, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    student = text_runs["student"]
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    result = run_cli("export", str(student), "--quantize", "int8", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert not any(elsewhere.iterdir())  # ONNX Runtime's shape-inference dumps must not land in the user's directory
+    result = run_cli("export", str(student), "--format", "torch", "--quantize", "int8")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((student / "export" / "export.json").read_text())
+    assert set(record["variants"]) == {"onnx", "onnx-int8-dynamic", "torch-int8-dynamic"}  # no static int8 for text
+    assert record["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    fp32 = record["variants"]["onnx"]["verify"]
+    assert fp32["samples"] == 32 and fp32["argmax_agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+    for variant in ("onnx-int8-dynamic", "torch-int8-dynamic"):
+        check = record["variants"][variant]["verify"]
+        assert abs(check["accuracy"] - check["reference_accuracy"]) * 100 <= INT8_TOLERANCE_POINTS, (variant, check)
+    assert record["variants"]["onnx-int8-dynamic"]["size_bytes"] < 0.5 * record["variants"]["onnx"]["size_bytes"]
+
+    # The graph takes any batch size and sequence length, padded or not, and gives PyTorch's logits.
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(student).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(student)
+    texts = ["a library for parsing network packets", "tools to administer a server and back up its disks "
+             "every night with rotation of old archives", "x"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    session = ort.InferenceSession(str(student / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {k: v.numpy() for k, v in enc.items()})[0]
+    import torch
+
+    with torch.no_grad():
+        reference = model(**enc).logits.numpy()
+    assert onnx_logits.shape == (3, 4) and abs(onnx_logits - reference).max() < 1e-4
+
+
+def test_text_compare_table_and_plots(text_runs, text_data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "cmp"
+    result = run_cli("compare", str(text_runs["student"]), "--out", str(out), "--repeats", "3")  # the teacher comes by itself
+    assert result.returncode == 0, result.stderr
+    table = json.loads((out / "compare.json").read_text())
+    labels = [r["label"] for r in table["rows"]]
+    assert labels[0] == "teacher" and "student" in labels and table["samples"] == 32 and table["dataset"] == text_data.name
+    assert table["teacher"] == "teacher" and all(r["latency_ms"]["median"] > 0 for r in table["rows"])
+    rows = {r["label"]: r for r in table["rows"]}
+    assert rows["student"]["agreement_with_teacher"] is not None and rows["student"]["vs_teacher"]["times_smaller"] > 1
+    for name in ("compare.md", "compare.html", "tradeoff.png", "curves.png", "reliability.png"):
+        assert (out / name).is_file(), name
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_text_data_errors_are_one_line(tmp_path, text_data):
@@ -109,3 +172,40 @@ def test_text_data_errors_are_one_line(tmp_path, text_data):
                "student": {"from_teacher": {"num_layers": 1}}, "out": str(tmp_path / "d")}
     result = run_cli("distill", str(write_yaml(tmp_path / "d.yaml", distill)))
     assert result.returncode == 2 and "not a trained classifier" in result.stderr
+
+
+def test_an_interrupted_text_run_resumes_from_its_last_checkpoint(tmp_path, text_data):
+    # A finished 2-epoch run, set back to how a kill after epoch 1 leaves it (checkpoint-epoch-1 in state/, no
+    # final model or report): running the same config again resumes there and ends with the same weights.
+    from safetensors.torch import load_file
+
+    cfg = {"task": "text-classification", "name": "r", "seed": 3, "data": _data(text_data),
+           "model": f"hf:{text_data / 'tiny-bert'}", "train": {"epochs": 2, "lr": 1e-3, "device": "cpu"}, "out": str(tmp_path / "r")}
+    path = write_yaml(tmp_path / "r.yaml", cfg)
+    assert run_cli("train", str(path), "-q").returncode == 0
+    run = tmp_path / "r"
+    finished = load_file(run / "model.safetensors")
+    checkpoints = sorted((run / "state").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) == 2
+    import shutil
+
+    shutil.rmtree(checkpoints[-1])
+    for name in ("model.safetensors", "report.json", "metrics.jsonl"):
+        (run / name).unlink()
+    # A mark in the checkpoint's log: a run that started over instead of resuming would not carry it.
+    state = checkpoints[0] / "trainer_state.json"
+    record = json.loads(state.read_text())
+    next(e for e in record["log_history"] if "loss" in e)["loss"] = 123.0
+    state.write_text(json.dumps(record))
+    resumed = run_cli("train", str(path), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    again = load_file(run / "model.safetensors")
+    assert all(torch_allclose(again[k], finished[k]) for k in finished)
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2] and epochs[0]["loss"] == 123.0
+
+
+def torch_allclose(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-5))

@@ -20,6 +20,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from kdistill.errors import KdistillError  # noqa: E402
 from kdistill.text import (  # noqa: E402
+    CachedLogitsCollator,
     DistillationTrainer,
     DistillationTrainingArguments,
     TeacherStudentCollator,
@@ -129,6 +130,31 @@ def test_loss_is_alpha_ce_plus_t2_kl_and_the_teacher_stays_frozen(tmp_path, toke
     assert all(not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
+
+
+def test_cached_teacher_logits_train_exactly_like_the_live_teacher(tmp_path, tokenizer_dir):
+    # One teacher pass before training (the CLI's default) must give the same student as running the teacher per step.
+    from kdistill.text.runner import predict_text_logits
+
+    rows = _slice(24)
+    teacher, tok = _bert(3, seed=1), _tokenizer(tokenizer_dir)
+    data = _encoded(tokenizer_dir, rows)
+    logits = predict_text_logits(teacher, tok, [r["text"] for r in rows], max_length=64, batch_size=5)
+    with torch.no_grad():  # batched in length order, returned in row order
+        one = teacher(**tok(rows[7]["text"], truncation=True, max_length=64, return_tensors="pt")).logits[0]
+    assert torch.allclose(logits[7], one, atol=1e-5)
+    cached = [{**d, "cached_teacher_logits": logits[i].tolist()} for i, d in enumerate(data)]
+    students = []
+    for dataset, collator in ((data, transformers.DataCollatorWithPadding(tok)),
+                              (cached, CachedLogitsCollator(transformers.DataCollatorWithPadding(tok)))):
+        student = _bert(2, seed=2)
+        # With cached logits the trainer is given another teacher, which would change the result if it were run.
+        live_teacher = teacher if dataset is data else _bert(3, seed=99)
+        DistillationTrainer(model=student, args=_args(tmp_path, num_train_epochs=2), train_dataset=dataset,
+                            teacher_model=live_teacher, data_collator=collator).train()
+        students.append(student.state_dict())
+    for key, value in students[0].items():
+        assert torch.allclose(value, students[1][key], atol=1e-5), key
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer_dir):

@@ -184,7 +184,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from kdistill.text.runner import evaluate_text_run, is_text_run
 
     if is_text_run(args.run_dir):
-        row = evaluate_text_run(args.run_dir, split=args.split)
+        row = evaluate_text_run(args.run_dir, split=args.split, data_overrides=_parse_pairs(args.data))
     else:
         row = evaluate_run(args.run_dir, split=args.split, data_overrides=_parse_pairs(args.data))
     print(format_table([row]))

@@ -32,6 +32,7 @@ from kdistill.teachers import file_sha256, recorded_teacher
 from kdistill.models import count_params
 from kdistill.report import calibration, summarize_times
 from kdistill.rundir import is_run_dir, write_text_atomic
+from kdistill.samples import Batch, TensorSamples, TextSamples
 
 OUTPUTS = ("compare.json", "compare.md", "compare.html", "tradeoff.png", "curves.png", "reliability.png")
 
@@ -46,6 +47,7 @@ class Row:
     variant: str
     predictor: Predictor
     params: int
+    samples: TensorSamples | TextSamples
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,20 +93,58 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise KdistillError(f"--out {out} holds files compare did not write ({', '.join(foreign[:3])}); choose another --out")
 
 
-def _time_interleaved(rows: list[Row], inputs: torch.Tensor, repeats: int, warmup: int) -> list[list[float]]:
-    """Per row, `repeats` wall-clock times (ms) of one call on `inputs[r % n]`-style batches, interleaved."""
+def _time_interleaved(rows: list[Row], inputs: list[Batch], repeats: int, warmup: int) -> list[list[float]]:
+    """Per row, `repeats` wall-clock times (ms) of one call on its batch `inputs[i]`, interleaved: round r
+    times every row once, starting at row r mod len(rows)."""
     times: list[list[float]] = [[] for _ in rows]
     with torch.inference_mode():
         for _ in range(warmup):
-            for row in rows:
-                row.predictor(inputs)
+            for row, batch in zip(rows, inputs):
+                row.predictor(batch)
         for r in range(repeats):
             shift = r % len(rows)
             for i in list(range(shift, len(rows))) + list(range(shift)):
                 t0 = time.perf_counter()
-                rows[i].predictor(inputs)
+                rows[i].predictor(inputs[i])
                 times[i].append((time.perf_counter() - t0) * 1000.0)
     return times
+
+
+@dataclass
+class _LoadedRun:
+    cfg: Any
+    dataset: str
+    model: torch.nn.Module
+    samples: TensorSamples | TextSamples
+    shared: Any  # vision data splits, reused for the next run of the same data set
+
+
+def _load_run(run_dir: Path, split: str, data_overrides: dict[str, Any] | None, shared: Any) -> _LoadedRun:
+    """A finished run's model and its `split` in the form the model takes (images, or its tokenizer's encoding)."""
+    from kdistill.runner import load_finished_run
+    from kdistill.text.runner import is_text_run
+
+    if is_text_run(run_dir):
+        from kdistill.text.deploy import text_samples
+        from kdistill.text.runner import load_finished_text_run
+
+        cfg, data, model, tokenizer = load_finished_text_run(run_dir, "compare it", data_overrides)
+        return _LoadedRun(cfg, data.name, model, text_samples(data, split, tokenizer, cfg.data.max_length), shared)
+    cfg, data, model = load_finished_run(run_dir, data_overrides, "compare it", data=shared)
+    part = data.split(split)
+    return _LoadedRun(cfg, data.name, model, TensorSamples(part.inputs, part.labels), data)
+
+
+def _run_role(run_dir: Path) -> str:
+    from kdistill.runner import read_run_config
+    from kdistill.text.runner import is_text_run
+
+    if is_text_run(run_dir):
+        from kdistill.config import read_yaml
+
+        raw = read_yaml(run_dir / "config.yaml")
+        return "distilled" if "student" in raw else str(raw.get("role", "teacher"))
+    return _role(read_run_config(run_dir))
 
 
 def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", split: str = "test", repeats: int = 50,
@@ -112,8 +152,6 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
                  data_overrides: dict[str, Any] | None = None, plots: bool = True,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every run (and its exported variants) the same way; write the table, the page and the plots."""
-    from kdistill.runner import load_finished_run, read_run_config
-
     if repeats < 3:
         raise KdistillError(f"--repeats {repeats}: need at least 3 timed passes per model")
     if threads is not None:
@@ -128,8 +166,8 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
         if not is_run_dir(teacher_dir):
             raise KdistillError(f"--teacher {teacher}: not a kdistill run directory")
         runs = [teacher_dir] + [r for r in runs if r.resolve() != teacher_dir.resolve()]
-    elif any(_role(read_run_config(r)) == "teacher" for r in runs):
-        runs.sort(key=lambda r: _role(read_run_config(r)) != "teacher")  # teachers first (a stable sort)
+    elif any(_run_role(r) == "teacher" for r in runs):
+        runs.sort(key=lambda r: _run_role(r) != "teacher")  # teachers first (a stable sort)
     else:  # no teacher among the runs: bring in the one the distilled runs learned from, if they share one
         recorded = {json.dumps(rec["path"]) for r in runs if (rec := recorded_teacher(r))}
         path = json.loads(recorded.pop()) if len(recorded) == 1 else None
@@ -141,44 +179,51 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
     _prepare_out(out, overwrite)
 
     rows: list[Row] = []
-    data = None
+    shared = None
+    first: _LoadedRun | None = None
     curves: dict[str, list[dict[str, Any]]] = {}
     skipped: list[str] = []
     for run_dir, name in zip(runs, _run_names(runs)):
-        cfg, run_data, model = load_finished_run(run_dir, data_overrides, "compare it", data=data)
-        if data is None:
-            data = run_data
-        role = _role(cfg)
-        params = count_params(model)
-        rows.append(Row(name, run_dir, role, "pytorch", Predictor(name, "pytorch", run_dir / "model.safetensors", torch_runner(model)), params))
+        loaded = _load_run(run_dir, split, data_overrides, shared)
+        shared = loaded.shared
+        if first is None:
+            first = loaded
+        elif loaded.dataset != first.dataset or not torch.equal(loaded.samples.labels, first.samples.labels):
+            raise KdistillError(f"{run_dir} was trained on {loaded.dataset!r} ({len(loaded.samples)} {split} samples), "
+                                f"{runs[0]} on {first.dataset!r} ({len(first.samples)}); compare runs of one data set")
+        role = _role(loaded.cfg)
+        model, params = loaded.model, count_params(loaded.model)
+        rows.append(Row(name, run_dir, role, "pytorch", Predictor(name, "pytorch", run_dir / "model.safetensors", torch_runner(model)),
+                        params, loaded.samples))
         record = read_export_record(run_dir)
         if record:
             if record.get("weights_sha256") != file_sha256(run_dir / "model.safetensors"):
                 skipped.append(f"{name}: exported files predate the current weights (export again)")
             else:
                 for variant in record["variants"]:
-                    rows.append(Row(name, run_dir, role, variant, load_predictor(run_dir, variant, model, threads), params))
+                    rows.append(Row(name, run_dir, role, variant, load_predictor(run_dir, variant, model, threads), params,
+                                    loaded.samples))
         curves[name] = _read_metrics(run_dir)
     for note in skipped:
         log(f"kdistill: warning: {note}")
-    assert data is not None
-    part = data.split(split)
+    assert first is not None
+    labels = first.samples.labels
     reference = next((r for r in rows if r.role == "teacher" and r.variant == "pytorch"), None)
     if teacher is not None:
         reference = rows[0]
 
-    log(f"evaluating {len(rows)} model(s) on {split} ({len(part)} samples of {data.name})")
+    log(f"evaluating {len(rows)} model(s) on {split} ({len(labels)} samples of {first.dataset})")
     reference_pred = None
     for row in rows:
-        logits = row.predictor.predict(part.inputs)
+        logits = row.predictor.predict(row.samples)
         row.result["logits"] = logits
         if row is reference:
             reference_pred = logits.argmax(-1)
     for row in rows:
         logits = row.result.pop("logits")
-        cal = calibration(logits, part.labels)
+        cal = calibration(logits, labels)
         row.result |= {
-            "accuracy": float((logits.argmax(-1) == part.labels).float().mean()),
+            "accuracy": float((logits.argmax(-1) == labels).float().mean()),
             "ece": cal["ece"],
             "calibration": cal,
             "agreement_with_teacher": (float((logits.argmax(-1) == reference_pred).float().mean())
@@ -186,13 +231,13 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
         }
 
     log(f"timing {len(rows)} model(s): {repeats} interleaved batch-1 rounds, {threads} thread(s)")
-    single = part.inputs[:1].contiguous()
-    for row, times in zip(rows, _time_interleaved(rows, single, repeats, warmup=10)):
+    singles = [row.samples.example() for row in rows]
+    for row, times in zip(rows, _time_interleaved(rows, singles, repeats, warmup=10)):
         row.result["latency_ms"] = summarize_times(times, batch=1)
-    big = part.inputs[: min(256, len(part))].contiguous()
-    for row, times in zip(rows, _time_interleaved(rows, big, max(3, repeats // 10), warmup=1)):
-        row.result["throughput_per_s"] = {"batch": int(big.shape[0]), "value": big.shape[0] / (statistics.median(times) / 1000.0),
-                                          "threads": threads}
+    size = min(first.samples.throughput_batch, len(labels))
+    bigs = [row.samples.first(size) for row in rows]
+    for row, times in zip(rows, _time_interleaved(rows, bigs, max(3, repeats // 10), warmup=1)):
+        row.result["throughput_per_s"] = {"batch": size, "value": size / (statistics.median(times) / 1000.0), "threads": threads}
 
     table = []
     for row in rows:
@@ -204,7 +249,7 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
                                    "times_faster": ref["latency_ms"]["median"] / entry["latency_ms"]["median"],
                                    "accuracy_delta_points": 100 * (entry["accuracy"] - ref["accuracy"])}
         table.append(entry)
-    result = {"dataset": data.name, "split": split, "samples": len(part), "threads": threads, "repeats": repeats,
+    result = {"dataset": first.dataset, "split": split, "samples": len(labels), "threads": threads, "repeats": repeats,
               "teacher": reference.label if reference is not None else None, "rows": table, "skipped": skipped,
               "command": "kdistill compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else None}
     _write_outputs(result, curves, out, plots, log)
@@ -212,7 +257,7 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
 
 
 def _role(cfg: Any) -> str:
-    """teacher | student for `train` runs (their `role`), distilled for `distill` runs."""
+    """teacher | student for `train` runs (their `role`), distilled for `distill` runs (vision or text configs)."""
     return getattr(cfg, "role", None) if not hasattr(cfg, "student") else "distilled"
 
 

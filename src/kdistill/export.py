@@ -2,12 +2,15 @@
 
 `kdistill export RUN_DIR --format onnx [--quantize int8]` writes into `RUN_DIR/export/`:
 
-- `model.onnx`: the fp32 graph with a dynamic batch axis (input `input`, output `logits`);
+- `model.onnx`: the fp32 graph with a dynamic batch axis (input `input`, output `logits`); a text run's
+  graph takes its tokenizer's inputs (`input_ids`, `attention_mask`[, `token_type_ids`]) with dynamic
+  batch and sequence axes;
 - with `--quantize int8`: `model.int8-dynamic.onnx` (ONNX Runtime dynamic quantisation: int8
   weights, activations quantised on the fly) and, for image inputs, `model.int8-static.onnx`
   (static QDQ quantisation, per-channel weights, activation ranges calibrated on training samples);
 - `--format torch --quantize int8`: `model.int8-dynamic.safetensors`, PyTorch dynamic int8 for the
-  Linear layers (int8 weights + scales in safetensors; rebuilt from `model.json` on load).
+  Linear layers (int8 weights + scales in safetensors; rebuilt from `model.json`, or the run's
+  Hugging Face config, on load).
 
 Every variant is run on real samples of the validation split and compared with the PyTorch fp32
 model: max abs logit difference, argmax agreement, and both accuracies, printed and stored in
@@ -26,14 +29,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from kdistill.errors import KdistillError
-from kdistill.inference import accuracy, predict_logits
+from kdistill.inference import accuracy
 from kdistill.rundir import write_text_atomic
+from kdistill.samples import Batch, TensorSamples, TextSamples
 from kdistill.teachers import file_sha256
 
 EXPORT_DIR = "export"
@@ -59,12 +63,12 @@ def _require(*modules: str) -> None:
                             "pip install 'kdistill[export]'")
 
 
-def variants_for(fmt: str, quantize: str | None, input_shape: tuple[int, ...]) -> list[str]:
-    """Which variants `--format fmt [--quantize q]` writes for a model taking `input_shape` inputs."""
+def variants_for(fmt: str, quantize: str | None, image_inputs: bool) -> list[str]:
+    """Which variants `--format fmt [--quantize q]` writes (static int8 only for models of image inputs)."""
     if fmt == "onnx":
         if quantize is None:
             return ["onnx"]
-        return ["onnx", "onnx-int8-dynamic"] + (["onnx-int8-static"] if len(input_shape) == 3 else [])
+        return ["onnx", "onnx-int8-dynamic"] + (["onnx-int8-static"] if image_inputs else [])
     if fmt == "torch":
         if quantize is None:
             raise KdistillError("--format torch without --quantize: the fp32 PyTorch weights already are model.safetensors; "
@@ -75,10 +79,14 @@ def variants_for(fmt: str, quantize: str | None, input_shape: tuple[int, ...]) -
 
 # ---------------------------------------------------------------- writing the variants
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> None:
-    """Write `model` as ONNX with a dynamic batch axis (the torch.export-based exporter)."""
+def export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int = 18,
+                input_names: list[str] | None = None, dynamic_shapes: tuple | None = None) -> None:
+    """Write `model` as ONNX (the torch.export-based exporter) with output `logits`. By default one input
+    `input` with a dynamic batch axis; text models name their inputs and make the sequence axis dynamic too."""
     _require("onnx", "onnxscript")
     model = model.eval()
+    input_names = input_names or ["input"]
+    dynamic_shapes = dynamic_shapes or tuple({0: torch.export.Dim("batch")} for _ in example)
     quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
@@ -86,9 +94,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecations inside torch.export's pytree handling
-            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # shared batch/sequence names
+            torch.onnx.export(model, example, str(path), input_names=input_names, output_names=["logits"],
                               opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+                              dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # the exporter raises many types; the user needs the first line and the model
         raise KdistillError(f"ONNX export failed for this model: {str(exc).strip().splitlines()[0][:300]}") from None
     finally:
@@ -104,11 +113,23 @@ def _onnxruntime_step(what: str, step: Callable[[], None]) -> None:
         raise KdistillError(f"{what} failed for this model: {str(exc).strip().splitlines()[0][:300]}") from None
 
 
-def preprocess_for_quantization(src: Path, dst: Path) -> None:
-    """ONNX Runtime's recommended step before quantising: shape inference and graph optimisation."""
+def preprocess_for_quantization(src: Path, dst: Path, symbolic_shapes: bool = True) -> None:
+    """ONNX Runtime's recommended step before quantising: shape inference and graph optimisation.
+
+    `symbolic_shapes=False` uses ONNX's own shape inference: ONNX Runtime's symbolic one gives up on
+    transformer graphs with a dynamic sequence axis. It runs with the current directory set to the
+    output's folder, because ONNX Runtime drops debugging files (`sym_shape_infer_temp.onnx` and its
+    external data) into the current directory when its inference fails.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    _onnxruntime_step("ONNX Runtime pre-processing", lambda: quant_pre_process(str(src), str(dst), skip_symbolic_shape=False))
+    here = os.getcwd()
+    os.chdir(dst.parent)
+    try:
+        _onnxruntime_step("ONNX Runtime pre-processing", lambda: quant_pre_process(
+            str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=not symbolic_shapes))
+    finally:
+        os.chdir(here)
 
 
 def quantize_onnx_dynamic(src: Path, dst: Path) -> None:
@@ -218,19 +239,20 @@ def load_torch_int8(model: nn.Module, path: Path) -> nn.Module:
 
 @dataclass
 class Predictor:
-    """One deployable form of a model: a callable from an input batch to logits (float32, CPU)."""
+    """One deployable form of a model: a callable from an input batch (a tensor, or a tokenizer's dict of
+    tensors) to logits (float32, CPU)."""
 
     name: str
     variant: str
     path: Path
-    run: Callable[[torch.Tensor], torch.Tensor]
+    run: Callable[[Batch], torch.Tensor]
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, inputs: Batch) -> torch.Tensor:
         return self.run(inputs)
 
-    def predict(self, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def predict(self, samples: TensorSamples | TextSamples) -> torch.Tensor:
         with torch.inference_mode():
-            return torch.cat([self.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+            return torch.cat([self.run(batch) for batch in samples.batches()])
 
     @property
     def size_bytes(self) -> int:
@@ -255,22 +277,25 @@ def onnx_session(path: Path, threads: int | None = None):
         raise KdistillError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); export again") from None
 
 
-def onnx_runner(path: Path, threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_runner(path: Path, threads: int | None = None) -> Callable[[Batch], torch.Tensor]:
     session = onnx_session(path, threads)
-    name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {name: inputs.numpy()})[0]).float()
+    def run(inputs: Batch) -> torch.Tensor:
+        feed = {n: inputs[n].numpy() for n in names} if isinstance(inputs, Mapping) else {names[0]: inputs.numpy()}
+        return torch.from_numpy(session.run(None, feed)[0]).float()
 
     return run
 
 
-def torch_runner(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def torch_runner(model: nn.Module) -> Callable[[Batch], torch.Tensor]:
+    """Logits of `model` (an image classifier, or a Hugging Face one called with keyword inputs)."""
     model.eval()
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
+    def run(inputs: Batch) -> torch.Tensor:
         with torch.inference_mode():
-            return model(inputs).float()
+            out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+            return getattr(out, "logits", out).float()
 
     return run
 
@@ -313,19 +338,52 @@ def read_export_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
+@dataclass
+class ExportSource:
+    """What `export_run` needs from a finished run, whatever its modality."""
+
+    model: nn.Module  # fp32, eval mode; called like torch_runner calls it
+    onnx_model: nn.Module  # the same model with positional inputs and a logits output, for the ONNX exporter
+    val: TensorSamples | TextSamples  # verification samples
+    example: tuple[torch.Tensor, ...]  # example inputs for the exporter
+    input_names: list[str]
+    dynamic_shapes: tuple
+    image_inputs: bool  # static int8 (calibrated activations) is offered for image models
+    calibration: torch.Tensor | None  # training inputs to calibrate static int8 from
+    record: dict[str, Any]  # dataset, classes, input description for export.json
+    symbolic_shapes: bool = True  # ONNX Runtime's symbolic shape inference before quantising (not for transformers)
+
+
+def _vision_source(run_dir: Path, data_overrides: dict[str, Any] | None, verify_split: str) -> ExportSource:
+    from kdistill.runner import load_finished_run
+
+    _cfg, data, model = load_finished_run(run_dir, data_overrides, "export it")
+    part = data.split(verify_split)
+    return ExportSource(model=model, onnx_model=model, val=TensorSamples(part.inputs, part.labels),
+                        example=(part.inputs[:2].contiguous(),), input_names=["input"],
+                        dynamic_shapes=({0: torch.export.Dim("batch")},), image_inputs=len(data.input_shape) == 3,
+                        calibration=data.train.inputs, record={"dataset": data.name, "input_shape": list(data.input_shape),
+                                                               "classes": data.classes})
+
+
 def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None = None, calibration: int = 256,
                verify_split: str = "val", opset: int = 18, overwrite: bool = False,
                data_overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """`kdistill export`: write the variants `fmt`/`quantize` ask for, verify each, update export.json; returns it."""
-    from kdistill.runner import load_finished_run
-
     if quantize not in (None, "int8"):
         raise KdistillError(f"--quantize {quantize!r}: only int8 is supported")
     run_dir = Path(run_dir)
     if fmt == "onnx":
         _require("onnx", "onnxscript", "onnxruntime")
-    cfg, data, model = load_finished_run(run_dir, data_overrides, "export it")
-    wanted = variants_for(fmt, quantize, data.input_shape)
+    from kdistill.text.runner import is_text_run
+
+    if is_text_run(run_dir):
+        from kdistill.text.deploy import text_export_source
+
+        source = text_export_source(run_dir, verify_split, data_overrides)
+    else:
+        source = _vision_source(run_dir, data_overrides, verify_split)
+    wanted = variants_for(fmt, quantize, source.image_inputs)
     out = run_dir / EXPORT_DIR
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise KdistillError(f"{out} exists and is not a directory; move it away and export again")
@@ -336,8 +394,9 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
         raise KdistillError(f"{out} already holds {', '.join(VARIANT_FILES[v] for v in existing)}; "
                             "pass --overwrite to export again")
 
-    part = data.split(verify_split)
-    reference = predict_logits(model, part.inputs)
+    model = source.model
+    reference = Predictor(run_dir.name, "pytorch", run_dir / "model.safetensors", torch_runner(model)).predict(source.val)
+    labels = source.val.labels
     out.mkdir(exist_ok=True)
     for stale in out.glob(".work-*"):  # left by an export that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -352,20 +411,21 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
             path = work / VARIANT_FILES[variant]
             info: dict[str, Any] = {"file": VARIANT_FILES[variant]}
             if variant == "onnx":
-                export_onnx(model, part.inputs[:2].contiguous(), path, opset)
-                info |= {"format": "onnx", "precision": "fp32", "opset": opset}
+                export_onnx(source.onnx_model, source.example, path, opset, source.input_names, source.dynamic_shapes)
+                info |= {"format": "onnx", "precision": "fp32", "opset": opset, "inputs": source.input_names}
             elif variant == "onnx-int8-dynamic":
                 if not prepared.exists():
-                    preprocess_for_quantization(fp32_onnx, prepared)
+                    preprocess_for_quantization(fp32_onnx, prepared, source.symbolic_shapes)
                 quantize_onnx_dynamic(prepared, path)
                 info |= {"format": "onnx", "precision": "int8", "quantization": "onnxruntime dynamic, int8 weights"}
             elif variant == "onnx-int8-static":
+                assert source.calibration is not None
                 generator = torch.Generator().manual_seed(0)
-                n = min(calibration, len(data.train))
-                picks = torch.randperm(len(data.train), generator=generator)[:n]
+                n = min(calibration, len(source.calibration))
+                picks = torch.randperm(len(source.calibration), generator=generator)[:n]
                 if not prepared.exists():
-                    preprocess_for_quantization(fp32_onnx, prepared)
-                quantize_onnx_static(prepared, path, data.train.inputs[picks].contiguous())
+                    preprocess_for_quantization(fp32_onnx, prepared, source.symbolic_shapes)
+                quantize_onnx_static(prepared, path, source.calibration[picks].contiguous())
                 info |= {"format": "onnx", "precision": "int8", "calibration_samples": n,
                          "quantization": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations, min-max "
                                          "ranges from training samples"}
@@ -374,8 +434,8 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
                 info |= {"format": "safetensors", "precision": "int8", "quantization": "pytorch dynamic int8, nn.Linear"}
             runner = (torch_runner(load_torch_int8(model, path)) if variant == "torch-int8-dynamic"
                       else onnx_runner(path))
-            logits = Predictor(run_dir.name, variant, path, runner).predict(part.inputs)
-            info["verify"] = check = verify(reference, logits, part.labels, verify_split)
+            logits = Predictor(run_dir.name, variant, path, runner).predict(source.val)
+            info["verify"] = check = verify(reference, logits, labels, verify_split)
             info |= {"size_bytes": path.stat().st_size, "sha256": file_sha256(path), "seconds": time.perf_counter() - t0}
             if variant == "onnx":
                 scale = max(1.0, float(reference.abs().max()))
@@ -397,8 +457,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
         for variant in stale:
             (out / VARIANT_FILES.get(variant, "-")).unlink(missing_ok=True)
         record["variants"] = {}
-    record = {"run": str(run_dir), "weights_sha256": weights_sha, "dataset": data.name,
-              "input_shape": list(data.input_shape), "classes": data.classes,
+    record = {"run": str(run_dir), "weights_sha256": weights_sha, **source.record,
               "torch": torch.__version__, "variants": {**record.get("variants", {}), **results}}
     write_text_atomic(out / EXPORT_JSON, json.dumps(record, indent=2) + "\n")
     return record

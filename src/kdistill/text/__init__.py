@@ -14,6 +14,7 @@ _EXPORTS = {
     "DistillationTrainer": "kdistill.text.trainer",
     "DistillationTrainingArguments": "kdistill.text.trainer",
     "TeacherStudentCollator": "kdistill.text.trainer",
+    "CachedLogitsCollator": "kdistill.text.trainer",
     "check_same_labels": "kdistill.text.trainer",
     "student_from_teacher": "kdistill.text.student",
     "student_from_config": "kdistill.text.student",

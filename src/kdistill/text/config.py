@@ -50,8 +50,13 @@ class StudentSpec(_Strict):
 
 
 class TextDistillSettings(_Strict):
+    """alpha·CE + (1 − alpha)·T²·KL. `cache_teacher_logits`: run the teacher once over the training
+    and validation text before training (exact: the teacher is frozen, in eval mode, and text is not
+    augmented), not in every step."""
+
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
+    cache_teacher_logits: bool = True
 
 
 def _check_hf(value: str) -> str:

@@ -47,6 +47,7 @@ class TextDataConfig(BaseModel):
     batch_size: int = Field(32, gt=0)
     eval_batch_size: int = Field(128, gt=0)
     limit: int | None = Field(None, gt=0, description="use N evenly spaced rows of each split (quick runs)")
+    train_limit: int | None = Field(None, gt=0, description="use N evenly spaced training rows; validation and test stay whole")
 
 
 @dataclass
@@ -59,6 +60,10 @@ class TextSplits:
 
     def split(self, name: str) -> list[dict[str, Any]]:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def _evenly_spaced(rows: list, n: int) -> list:
+    return rows[:: max(1, len(rows) // n)][:n]
 
 
 def _find(root: Path, given: str | None, candidates: list[str], split: str) -> Path:
@@ -172,11 +177,13 @@ def load_text_splits(cfg: TextDataConfig) -> TextSplits:
     else:
         raw = _rows_clinc(root, cfg.include_oos)
     if cfg.limit:  # evenly spaced rows: files are often sorted by label, and a prefix would hold one class
-        raw = {k: v[:: max(1, len(v) // cfg.limit)][: cfg.limit] for k, v in raw.items()}
+        raw = {k: _evenly_spaced(v, cfg.limit) for k, v in raw.items()}
     for split, rows in raw.items():
         if not rows:
             raise KdistillError(f"data: the {split} split of {root} is empty")
     labels = list(cfg.labels) if cfg.labels else fixed_names or sorted({y for _, y in raw["train"]})
+    if cfg.train_limit:  # after the label set is read, so a smaller training set keeps every class id
+        raw["train"] = _evenly_spaced(raw["train"], cfg.train_limit)
     index = {name: i for i, name in enumerate(labels)}
     for split, rows in raw.items():
         unknown = sorted({y for _, y in rows if y not in index})

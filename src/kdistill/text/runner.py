@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
-from kdistill.config import apply_overrides, dump_config, load_config, read_yaml, validate_config
+from pydantic import ValidationError
+
+from kdistill.config import apply_overrides, dump_config, format_validation_error, load_config, read_yaml, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, prepare_run_dir
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
-from kdistill.text.data import TextSplits, load_text_splits
+from kdistill.text.data import TextDataConfig, TextSplits, load_text_splits
 
 TASK = "text-classification"
 
@@ -75,7 +77,10 @@ def _quiet_transformers(progress: bool = False) -> None:
 
     hf_logging.set_verbosity_error()
     if not progress:
+        import datasets
+
         hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()  # "Map: 100%|...|" per tokenised split
 
 
 def load_classifier(path: Path, what: str, labels: list[str] | None = None):
@@ -163,12 +168,40 @@ def predict_text_logits(model: Any, tokenizer: Any, texts: list[str], max_length
     """Logits (float32, CPU) of `model` for `texts`, batched with padding, in eval mode without autograd."""
     model.eval()
     device = next(model.parameters()).device
-    outs = []
+    # Batches of similar length pad little: run in order of length, return in the given order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(0)
     with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            outs.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu())
-    return torch.cat(outs)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu()
+            if out.numel() == 0:
+                out = torch.empty(len(texts), logits.shape[-1])
+            out[torch.tensor(index)] = logits
+    return out
+
+
+def with_teacher_logits(dataset: Any, rows: list[dict], teacher: Any, tokenizer: Any, max_length: int, device: str) -> Any:
+    """`dataset` plus a `cached_teacher_logits` column: the teacher's logits for each row's text, computed once."""
+    from kdistill.text.trainer import CACHED_LOGITS
+
+    logits = predict_text_logits(teacher.to(device), tokenizer, [r["text"] for r in rows], max_length).tolist()
+    if isinstance(dataset, list):  # raw rows, tokenised by the collator
+        return [{**row, CACHED_LOGITS: value} for row, value in zip(dataset, logits)]
+    return dataset.add_column(CACHED_LOGITS, logits)
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Do two tokenizers encode every text identically (the same object, or the same fast-tokenizer pipeline
+    and model inputs)? Then teacher and student share one encoding."""
+    if a is b:
+        return True
+    try:
+        return (type(a) is type(b) and a.model_input_names == b.model_input_names
+                and a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str())
+    except AttributeError:  # slow tokenizers: no serialised pipeline to compare
+        return False
 
 
 def measure_text_latency(model: Any, tokenizer: Any, texts: list[str], max_length: int, repeats: int = 50,
@@ -227,9 +260,12 @@ def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected:
     return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
 
 
-def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool) -> None:
+def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool) -> None:
+    from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    if not progress:  # without progress bars the Trainer prints every log dict instead
+        trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     model.save_pretrained(out, safe_serialization=True)
@@ -252,7 +288,7 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
                       eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
-    _finish(trainer, model, tokenizer, out, resuming)
+    _finish(trainer, model, tokenizer, out, resuming, progress)
     row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256())
     write_report([row], out / "report.json")
@@ -276,7 +312,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
 
-    from kdistill.text.trainer import DistillationTrainer, TeacherStudentCollator
+    from kdistill.text.trainer import CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator
 
     data = load_text_splits(cfg.data)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
@@ -286,17 +322,21 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     student, student_tok = build_student(cfg, teacher, teacher_tok, data.labels)
     out = cfg.out_dir()
     resuming = _prepare(cfg, out, overwrite, data.labels, [teacher_dir])
-    if student_tok is teacher_tok:
+    if same_tokenizer(student_tok, teacher_tok):
         train_ds = _tokenized(data.train, student_tok, cfg.data.max_length)
         val_ds = _tokenized(data.val, student_tok, cfg.data.max_length)
         collator = DataCollatorWithPadding(student_tok)
     else:  # different tokenizers: each model gets its own encoding of the same text
         train_ds, val_ds = data.train, data.val
         collator = TeacherStudentCollator(student_tok, teacher_tok, max_length=cfg.data.max_length)
+    if cfg.distill.cache_teacher_logits:  # one teacher pass per split instead of one per epoch
+        train_ds = with_teacher_logits(train_ds, data.train, teacher, teacher_tok, cfg.data.max_length, _device(cfg))
+        val_ds = with_teacher_logits(val_ds, data.val, teacher, teacher_tok, cfg.data.max_length, _device(cfg))
+        collator = CachedLogitsCollator(collator)
     trainer = DistillationTrainer(model=student, args=_args(cfg, out, len(data.train), progress, distill=True),
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                                   compute_metrics=_accuracy_metric, teacher_model=teacher)
-    _finish(trainer, student, student_tok, out, resuming)
+    _finish(trainer, student, student_tok, out, resuming, progress)
     (out / "teacher.json").write_text(json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
     row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),
@@ -312,15 +352,32 @@ def is_text_run(run_dir: Path) -> bool:
         return False
 
 
-def evaluate_text_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """`kdistill evaluate` of a text run directory."""
+def load_finished_text_run(run_dir: Path, then: str = "evaluate it",
+                           data_overrides: dict[str, Any] | None = None) -> tuple[Any, TextSplits, Any, Any]:
+    """A finished text run's config, data splits (with `data_overrides`, e.g. another root), classifier
+    (eval mode, CPU) and tokenizer."""
     require_text_extra()
-    run_dir = Path(run_dir)
+    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
+        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
     raw = read_yaml(run_dir / "config.yaml")
-    distill = "student" in raw
-    cfg = validate_config(raw, TextDistillRunConfig if distill else TextTrainRunConfig, source=str(run_dir / "config.yaml"))
+    cfg = validate_config(raw, TextDistillRunConfig if "student" in raw else TextTrainRunConfig, source=str(run_dir / "config.yaml"))
+    if data_overrides:
+        try:
+            cfg.data = TextDataConfig.model_validate({**cfg.data.model_dump(), **data_overrides})
+        except ValidationError as exc:
+            raise KdistillError(format_validation_error(exc, "--data")) from None
     data = load_text_splits(cfg.data)
     model, tokenizer = load_classifier(run_dir, str(run_dir))
+    if _labels_of(model) != data.labels:
+        raise KdistillError(f"{run_dir}: the model's labels differ from its data set's ({cfg.data.root}); was the data changed?")
+    return cfg, data, model.cpu().eval(), tokenizer
+
+
+def evaluate_text_run(run_dir: str | Path, split: str = "test", data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`kdistill evaluate` of a text run directory (`data_overrides`: e.g. the data set's root on this machine)."""
+    run_dir = Path(run_dir)
+    cfg, data, model, tokenizer = load_finished_text_run(run_dir, data_overrides=data_overrides)
+    distill = isinstance(cfg, TextDistillRunConfig)
     teacher = teacher_tok = None
     if distill:
         record = json.loads((run_dir / "teacher.json").read_text()) if (run_dir / "teacher.json").is_file() else {}

@@ -12,6 +12,9 @@ loss = alpha · CE(student, labels) + (1 − alpha) · T² · KL(softmax(teacher
 - Teacher and student may use different tokenizers: `TeacherStudentCollator` tokenises each
   text twice and passes the teacher's encoding under `teacher_*` keys (a student without
   `token_type_ids`, TextBrewer issue 22).
+- Cached teacher logits: a dataset column `cached_teacher_logits` (computed once before training,
+  `CachedLogitsCollator` batches it) replaces the teacher's forward pass; the teacher is in eval
+  mode and sees the same text, so the loss is the same and an epoch costs the student's alone.
 - A teacher whose label count or label names differ from the student's is refused.
 """
 
@@ -28,6 +31,7 @@ from kdistill.errors import KdistillError
 from kdistill.losses import distillation_loss
 
 TEACHER_PREFIX = "teacher_"
+CACHED_LOGITS = "cached_teacher_logits"
 
 
 @dataclass
@@ -86,6 +90,22 @@ class TeacherStudentCollator:
         return batch
 
 
+class CachedLogitsCollator:
+    """Wraps a collator: stacks each example's `cached_teacher_logits` into one float tensor and batches
+    the rest with `base`."""
+
+    def __init__(self, base: Any):
+        self.base = base
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples or CACHED_LOGITS not in examples[0]:
+            return self.base(examples)
+        logits = torch.tensor([e[CACHED_LOGITS] for e in examples], dtype=torch.float32)
+        batch = dict(self.base([{k: v for k, v in e.items() if k != CACHED_LOGITS} for e in examples]))
+        batch[CACHED_LOGITS] = logits
+        return batch
+
+
 class DistillationTrainer(Trainer):
     """`Trainer(model=student, args=DistillationTrainingArguments(...), teacher_model=teacher, ...)`."""
 
@@ -108,20 +128,26 @@ class DistillationTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        collator = self.data_collator
+        self._signature_columns.append(CACHED_LOGITS)
+        collator = self.data_collator.base if isinstance(self.data_collator, CachedLogitsCollator) else self.data_collator
         if isinstance(collator, TeacherStudentCollator):  # it tokenises raw text itself: keep the text column
             self._signature_columns += [collator.text_column, collator.label_column]
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
         labels = inputs["labels"]
+        cached = inputs.get(CACHED_LOGITS)
         teacher_inputs = {k[len(TEACHER_PREFIX):]: v for k, v in inputs.items() if k.startswith(TEACHER_PREFIX)}
-        student_inputs = {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX) and k != "labels"}
+        student_inputs = {k: v for k, v in inputs.items()
+                          if not k.startswith(TEACHER_PREFIX) and k not in ("labels", CACHED_LOGITS)}
         outputs = model(**student_inputs)
-        self._freeze_teacher()
-        with torch.inference_mode():
-            teacher_logits = self.teacher(**(teacher_inputs or student_inputs)).logits
-        teacher_logits = teacher_logits.clone()  # an ordinary tensor (constant) for the loss's graph
+        if cached is not None:
+            teacher_logits = cached.to(outputs.logits.device)
+        else:
+            self._freeze_teacher()
+            with torch.inference_mode():
+                teacher_logits = self.teacher(**(teacher_inputs or student_inputs)).logits
+            teacher_logits = teacher_logits.clone()  # an ordinary tensor (constant) for the loss's graph
         loss = distillation_loss(outputs.logits, teacher_logits, labels, self.args.temperature, self.args.alpha)
         # Mean over this micro-batch, or (with gradient accumulation) its share of the accumulated batch's mean.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
