@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from kdistill.config import dump_config
+from kdistill.report import format_size
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
+from kdistill.runner import finished_row
 from kdistill.text.runner import run_text_distill, run_text_train
 
 ROOT = Path(__file__).resolve().parent
@@ -96,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     def run_or_reuse(cfg, runner) -> dict:
         """Train `cfg`, or reuse its finished run directory when it was trained with this exact config."""
         out = Path(cfg.out)
-        if (out / "report.json").is_file() and (out / "config.yaml").read_text() == dump_config(cfg):
-            row = json.loads((out / "report.json").read_text())["rows"][0]
-        else:
+        row = finished_row(cfg)
+        if row is None:
             t0 = time.perf_counter()
             row = runner(cfg, overwrite=True, progress=False)
             walls[out.name] = time.perf_counter() - t0
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in table:
         acc = f"{100 * r['accuracy_mean']:.2f}%" if r["model"] == "teacher" else f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}%"
         agree = "-" if r["agreement_with_teacher"] is None else f"{100 * r['agreement_with_teacher']:.2f}%"
-        lines.append(f"| {r['model']} | {acc} | {r['params']:,} | {r['size_bytes'] / 1e6:.1f} MB | {r['latency_ms_median']:.2f} | "
+        lines.append(f"| {r['model']} | {acc} | {r['params']:,} | {format_size(r['size_bytes'])} | {r['latency_ms_median']:.2f} | "
                      f"{r['times_faster_than_teacher']:.2f} | {r['times_smaller_than_teacher']:.2f} | {r['throughput_per_s']:,.0f} | {agree} |")
     lines += ["", f"Distilled vs alone: {gain:+.2f} points (target >= +1.5: {'met' if gain >= 1.5 else 'not met'}); "
               f"distilled is {table[2]['times_faster_than_teacher']:.2f}x faster than the teacher at batch 1 "

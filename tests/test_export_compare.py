@@ -52,7 +52,8 @@ def test_onnx_export_round_trip_and_int8_variants(runs):
     import onnxruntime as ort
 
     run = runs["teacher"]
-    result = run_cli("export", str(run), "--quantize", "int8")
+    # A relative RUN_DIR: ONNX Runtime's pre-processing runs inside the work folder, so paths must not be relative to it.
+    result = run_cli("export", run.name, "--quantize", "int8", cwd=run.parent)
     assert result.returncode == 0, result.stderr
     assert "model.onnx" in result.stdout and "argmax agreement" in result.stdout
     record = read_export_record(run)

@@ -30,7 +30,7 @@ from kdistill.errors import KdistillError
 from kdistill.export import Predictor, load_predictor, read_export_record, torch_runner
 from kdistill.teachers import file_sha256, recorded_teacher
 from kdistill.models import count_params
-from kdistill.report import calibration, summarize_times
+from kdistill.report import calibration, format_size, summarize_times
 from kdistill.rundir import is_run_dir, write_text_atomic
 from kdistill.samples import Batch, TensorSamples, TextSamples
 
@@ -273,10 +273,6 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return epochs
 
 
-def _size(n: int) -> str:
-    return f"{n / 1024:,.1f} KB" if n < 1024 * 1024 else f"{n / 1024 ** 2:,.2f} MB"
-
-
 def markdown_table(result: dict[str, Any]) -> str:
     """The comparison as a Markdown table plus a line saying how it was measured."""
     header = ["model", "role", "format", f"{result['split']} accuracy", "ECE", "params", "size", "latency b=1 ms (p10-p90)",
@@ -286,7 +282,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         lat, vs = r["latency_ms"], r.get("vs_teacher")
         agree = r["agreement_with_teacher"]
         cells = [r["run"], r["role"], r["variant"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['ece']:.2f}%", f"{r['params']:,}",
-                 _size(r["size_bytes"]), f"{lat['median']:.3f} ({lat['p10']:.3f}-{lat['p90']:.3f})",
+                 format_size(r["size_bytes"]), f"{lat['median']:.3f} ({lat['p10']:.3f}-{lat['p90']:.3f})",
                  f"{r['throughput_per_s']['value']:,.0f}", "-" if agree is None else f"{100 * agree:.2f}%",
                  "-" if vs is None else f"{vs['times_smaller']:.1f}", "-" if vs is None else f"{vs['times_faster']:.1f}",
                  "-" if vs is None else f"{vs['accuracy_delta_points']:+.2f}"]
@@ -306,7 +302,7 @@ def _html_page(result: dict[str, Any], images: list[Path]) -> str:
     for r in rows:
         vs, lat, agree = r.get("vs_teacher"), r["latency_ms"], r["agreement_with_teacher"]
         cells = [r["run"], r["role"], r["variant"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['ece']:.2f}%", f"{r['params']:,}",
-                 _size(r["size_bytes"]), f"{lat['median']:.3f}", f"{lat['p10']:.3f}-{lat['p90']:.3f}",
+                 format_size(r["size_bytes"]), f"{lat['median']:.3f}", f"{lat['p10']:.3f}-{lat['p90']:.3f}",
                  f"{r['throughput_per_s']['value']:,.0f}", "-" if agree is None else f"{100 * agree:.2f}%",
                  "-" if vs is None else f"{vs['times_smaller']:.1f}", "-" if vs is None else f"{vs['times_faster']:.1f}",
                  "-" if vs is None else f"{vs['accuracy_delta_points']:+.2f}"]

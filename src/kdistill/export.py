@@ -123,11 +123,11 @@ def preprocess_for_quantization(src: Path, dst: Path, symbolic_shapes: bool = Tr
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    here = os.getcwd()
+    src, dst, here = src.resolve(), dst.resolve(), os.getcwd()  # resolved before the chdir, not after
     os.chdir(dst.parent)
     try:
         _onnxruntime_step("ONNX Runtime pre-processing", lambda: quant_pre_process(
-            str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=not symbolic_shapes))
+            str(src), str(dst), skip_symbolic_shape=not symbolic_shapes))
     finally:
         os.chdir(here)
 

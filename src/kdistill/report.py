@@ -148,7 +148,8 @@ def write_report(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-def _size(n: int | None) -> str:
+def format_size(n: int | None) -> str:
+    """Bytes as B / KB / MB / GB (powers of 1024), one decimal: the unit of every table kdistill writes."""
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
@@ -172,7 +173,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lat = r["latency_ms"]
         agree = r.get("agreement_with_teacher")
         cells = [
-            r["name"], r["role"], _accuracy(r), f"{r['params']:,}", _size(r.get("size_bytes")),
+            r["name"], r["role"], _accuracy(r), f"{r['params']:,}", format_size(r.get("size_bytes")),
             f"{lat['median']:.3f} ± {lat['std']:.3f}", f"{r['throughput_per_s']['value']:,.0f}",
             "-" if agree is None else f"{100 * agree:.2f}%",
         ]

@@ -6,6 +6,7 @@ is touched (data loads, models build, a dry forward pass of student, teacher and
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -220,6 +221,18 @@ def run_cache_teacher(cfg: DistillRunConfig, *, rebuild: bool = False, progress:
         raise KdistillError(f"distill.method {method.name!r} has no teacher; there is nothing to cache")
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     return _teacher_cache(cfg, method, teacher, data, augment, rebuild=rebuild, progress=progress)
+
+
+def finished_row(cfg: Any) -> dict[str, Any] | None:
+    """The test report row of `cfg`'s run directory if that run finished with exactly this config, else None.
+
+    Lets a benchmark that is run again reuse its finished runs (vision or text configs alike)."""
+    out = Path(cfg.out)
+    if not (out / "report.json").is_file() or not (out / "config.yaml").is_file():
+        return None
+    if (out / "config.yaml").read_text() != dump_config(cfg):
+        return None
+    return json.loads((out / "report.json").read_text())["rows"][0]
 
 
 def read_run_config(run_dir: Path) -> TrainRunConfig | DistillRunConfig:
