@@ -195,3 +195,17 @@ def test_teacher_identity_is_recorded_and_checked(tmp_path, teacher_run, distill
     (out / "report.json").unlink()  # an unfinished run: resuming with the changed teacher is refused
     assert main(["distill", str(config), "-q"]) == 2
     _one_line_error(capsys, "different weights")
+
+
+def test_finished_row_reuses_only_a_finished_run_of_the_same_config(tmp_path, train_config):
+    from kdistill.config import TrainRunConfig, validate_config
+    from kdistill.runner import finished_row, run_train
+
+    cfg = validate_config(train_config, TrainRunConfig)
+    assert finished_row(cfg) is None  # nothing there yet
+    row = run_train(cfg, progress=False)
+    assert finished_row(cfg)["accuracy"] == row["accuracy"]
+    changed = validate_config({**train_config, "train": {**train_config["train"], "lr": 1e-3}}, TrainRunConfig)
+    assert finished_row(changed) is None  # same folder, another config: must be retrained
+    (Path(cfg.out) / "report.json").unlink()
+    assert finished_row(cfg) is None  # unfinished (no report): must be retrained
