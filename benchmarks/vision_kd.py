@@ -14,7 +14,9 @@ Training runs on --device (default auto); latency is always measured on the CPU,
 `--teacher DIR` reuses a finished teacher run; `--views N` reads the teacher's logits from its
 output cache (N augmented views per image) instead of running it live, so a distilled run costs
 about what the student alone costs; `--augment` (no values: none) and `--grid T:alpha ...` change
-the recipe for every student row alike. Runs that finished with the same config are reused.
+the recipe for every student row alike; `--train-samples N` gives every student only a fixed,
+stratified N of the training images (the teacher keeps all of them: a data budget, the regime
+where Hinton et al. saw soft targets matter most). Runs that finished with the same config are reused.
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--select-seed", type=int, default=100,
                         help="seed of the validation runs that pick T/alpha (default: none of the reported seeds, so "
                              "the pick's luck on its seed does not flatter the reported mean)")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="students train on this many training images (stratified, the same for every run)")
     parser.add_argument("--grid", type=_grid_point, nargs="+", default=GRID, help="T:alpha pairs tried on validation")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
     teacher_data = {"name": "fashion-mnist", "root": args.data_root, "batch_size": 128, "augment": ["random-crop", "hflip"]}
-    data = {**teacher_data, "augment": args.augment}
+    data = {**teacher_data, "augment": args.augment, "train_samples": args.train_samples}
     train = {"epochs": args.student_epochs, "lr": 3e-3, "weight_decay": 5e-4, "device": args.device}
     started = time.perf_counter()
 
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Fashion-MNIST: teacher vs student alone vs distilled student", "",
         f"Command: `{result['command']}` — training on {result['device']}, latency on the CPU "
         f"({result['cpu_threads']} threads), {len(args.seeds)} seeds, {args.student_epochs} student epochs, {teacher_text}, "
-        f"students' augmentation: {' + '.join(args.augment) or 'none'}, teacher outputs {result['teacher_outputs']}.", "",
+        f"students' augmentation: {' + '.join(args.augment) or 'none'}, teacher outputs {result['teacher_outputs']}"
+        f"{f', students train on {args.train_samples} of the 55,000 training images' if args.train_samples else ''}.", "",
         format_table(rows), "",
         f"Distillation gain: **{100 * gain:+.2f} points** (mean over seeds; largest seed std {100 * spread:.2f}). "
         f"Student parameters: {100 * result['student_param_fraction']:.1f}% of the teacher's.", "",

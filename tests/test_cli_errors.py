@@ -188,6 +188,8 @@ def test_wrong_type_override(capsys, config_for, cmd):
     ("train.epochs=0", ["train.epochs", "greater than or equal to 1"]),
     ("train.optimizer=adagrad", ["train.optimizer", "'adagrad'"]),
     ("data.batch_size=-4", ["data.batch_size", "greater than 0"]),
+    ("data.train_samples=0", ["data.train_samples", "greater than 0"]),
+    ("data.train_samples=100000", ["data.train_samples", "not fewer than"]),
 ])
 def test_invalid_value_override(capsys, config_for, override, needles):
     cfg, out = config_for["train"]

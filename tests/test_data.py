@@ -291,3 +291,26 @@ def test_build_augmentation_needs_image_inputs(shape):
     with pytest.raises(KdistillError, match="image inputs") as info:
         build_augmentation(["hflip"], shape)
     assert str(shape) in str(info.value)
+
+
+def test_train_samples_keeps_a_fixed_stratified_subset_of_train_only(data):
+    """data.train_samples: N training rows drawn per class, the same on every load; val/test untouched."""
+    cfg = DataConfig(name="digits", train_samples=200)
+    small, again = load_dataset(cfg), load_dataset(cfg)
+    assert len(small.train) == 200
+    assert torch.equal(small.train.inputs, again.train.inputs) and torch.equal(small.train.labels, again.train.labels)
+    full_rows = {row.numpy().tobytes(): label for row, label in zip(data.train.inputs, data.train.labels.tolist())}
+    assert all(full_rows.get(row.numpy().tobytes()) == label for row, label in zip(small.train.inputs, small.train.labels.tolist()))
+    full_counts = torch.bincount(data.train.labels, minlength=10).double()
+    counts = torch.bincount(small.train.labels, minlength=10).double()
+    assert (counts - 200 * full_counts / len(data.train)).abs().max() < 1  # stratified: within one of the class share
+    for name in ("val", "test"):
+        assert torch.equal(small.split(name).inputs, data.split(name).inputs)
+    assert small.normalization["mean"] == data.normalization["mean"]  # normalised with the full train split's statistics
+    assert small.normalization["train_samples"].startswith("200 of ")
+
+
+@pytest.mark.parametrize("n, needle", [(100_000, "not fewer than"), (5, "fewer than the 10 classes")])
+def test_train_samples_out_of_range_is_a_user_error(n, needle):
+    with pytest.raises(KdistillError, match=needle):
+        load_dataset(DataConfig(name="digits", train_samples=n))

@@ -375,3 +375,16 @@ def test_a_folder_holding_only_a_header_json_is_not_taken_for_a_cache(tmp_path, 
     with pytest.raises(KdistillError, match="holds other files"):
         open_or_build_cache(folder, teacher, digits.train, 10, None, cfg, fp, torch.device("cpu"), progress=False)
     assert (folder / "header.json").read_text() == '{"mine": true}'
+
+
+def test_a_train_samples_budget_gets_a_cache_of_its_own_rows(tmp_path, teacher_run, distill_config):
+    """data.train_samples: the cache holds the teacher's logits on exactly the subset the student trains on."""
+    raw = _cached_config(distill_config, tmp_path, dtype="float32")
+    raw["data"] = {**raw["data"], "train_samples": 300}
+    run_distill(validate_config({**raw, "out": str(tmp_path / "kd")}, DistillRunConfig), progress=False)
+    header = json.loads((tmp_path / "cache" / "header.json").read_text())
+    subset = load_dataset(DataConfig.model_validate(raw["data"])).train
+    stored = np.load(tmp_path / "cache" / "logits.npy")
+    assert stored.shape[0] == len(subset) == 300 and header["fingerprint"]["data"]["samples"] == 300
+    fresh = load_teacher(teacher_run)(subset.inputs)
+    assert torch.allclose(torch.from_numpy(stored[:, 0]), fresh, atol=1e-5)

@@ -30,12 +30,15 @@ class DataConfig(_Strict):
     required for CIFAR and imagefolder). `download`: fetch missing Fashion-MNIST files into
     `root`, or the user cache when `root` is unset, and verify their SHA-256 (never implicit).
     `image_size`: imagefolder only, resize every image to image_size x image_size.
+    `train_samples`: train on a stratified subset of N training samples, the same N for every
+    run and seed (a data budget, e.g. few labels); validation, test and normalisation unchanged.
     """
 
     name: str = "digits"
     root: str | None = None
     download: bool = False
     image_size: int | None = Field(None, gt=0)
+    train_samples: int | None = Field(None, gt=0)
     batch_size: int = Field(128, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     augment: list[str] = Field(default_factory=list)

@@ -226,11 +226,17 @@ def run_cache_teacher(cfg: DistillRunConfig, *, rebuild: bool = False, progress:
 def finished_row(cfg: Any) -> dict[str, Any] | None:
     """The test report row of `cfg`'s run directory if that run finished with exactly this config, else None.
 
-    Lets a benchmark that is run again reuse its finished runs (vision or text configs alike)."""
+    Lets a benchmark that is run again reuse its finished runs (vision or text configs alike). The stored
+    config is validated again before the comparison, so a config option added later with its default
+    does not make an older run look different."""
     out = Path(cfg.out)
     if not (out / "report.json").is_file() or not (out / "config.yaml").is_file():
         return None
-    if (out / "config.yaml").read_text() != dump_config(cfg):
+    try:
+        stored = validate_config(yaml.safe_load((out / "config.yaml").read_text()), type(cfg))
+    except (KdistillError, yaml.YAMLError):
+        return None
+    if dump_config(stored) != dump_config(cfg):
         return None
     return json.loads((out / "report.json").read_text())["rows"][0]
 

@@ -7,11 +7,14 @@ as float32 (N, C, H, W) inputs and int64 labels, normalised at load time. docs/d
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
+
+import torch
 
 from kdistill.config import DataConfig
 from kdistill.data import cifar, digits, idx, imagefolder
-from kdistill.data.splits import Batch, DataSplits, Split, iterate_batches
+from kdistill.data.splits import Batch, DataSplits, Split, iterate_batches, stratified_holdout
 from kdistill.errors import KdistillError
 
 LOADERS: dict[str, Callable[[DataConfig], DataSplits]] = {
@@ -31,7 +34,33 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
         raise KdistillError(f"data.name: unknown data set {cfg.name!r} (known: {', '.join(sorted(LOADERS))})")
     if cfg.image_size is not None and cfg.name != "imagefolder":
         raise KdistillError(f"data.image_size: only imagefolder resizes images; {cfg.name} has a fixed size (remove data.image_size)")
-    return loader(cfg)
+    splits = loader(cfg)
+    if cfg.train_samples is not None:
+        splits = train_subset(splits, cfg.train_samples)
+    return splits
 
 
-__all__ = ["Batch", "DataSplits", "Split", "iterate_batches", "load_dataset", "LOADERS"]
+SUBSET_SEED = 0
+
+
+def train_subset(splits: DataSplits, n: int) -> DataSplits:
+    """Keep a stratified draw of `n` training samples (fixed seed: every run gets the same ones).
+
+    Validation, test and the normalisation (computed on the full training split) are unchanged,
+    so runs with and without a budget are measured alike and a teacher trained on all the data
+    still sees inputs normalised as it was trained.
+    """
+    total = len(splits.train)
+    if n >= total:
+        raise KdistillError(f"data.train_samples: {n} is not fewer than the {total} training samples of {splits.name} "
+                            "(remove data.train_samples to use them all)")
+    if n < splits.num_classes:
+        raise KdistillError(f"data.train_samples: {n} is fewer than the {splits.num_classes} classes of {splits.name}")
+    _, keep = stratified_holdout(splits.train.labels.numpy(), n, SUBSET_SEED)
+    index = torch.from_numpy(keep)
+    train = Split(splits.train.inputs[index].contiguous(), splits.train.labels[index].contiguous())
+    normalization = {**splits.normalization, "train_samples": f"{n} of {total} (stratified, seed {SUBSET_SEED})"}
+    return replace(splits, train=train, normalization=normalization)
+
+
+__all__ = ["Batch", "DataSplits", "Split", "iterate_batches", "load_dataset", "train_subset", "LOADERS"]
