@@ -28,7 +28,7 @@ import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, load_config, validate_config
 from kdistill.methods import METHODS
-from kdistill.report import aggregate_seeds, format_table
+from kdistill.report import aggregate_seeds, format_table, report_row
 from kdistill.runner import run_distill, run_train
 
 ROOT = Path(__file__).resolve().parent
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (teacher_dir / "report.json").is_file():
         overrides = [f"out={teacher_dir}", f"train.device={args.device}"] + ([f"data.root={args.data_root}"] if args.data_root else [])
         run_train(load_config(REPO / "configs" / "fmnist-teacher.yaml", overrides, TrainRunConfig), progress=False)
-    teacher_row = json.loads((teacher_dir / "report.json").read_text())["rows"][0]
+    teacher_row = report_row(teacher_dir)
 
     data = {"name": args.dataset, "root": args.data_root, "batch_size": 128, "augment": ["random-crop", "hflip"]}
     train = {"epochs": args.epochs, "lr": 3e-3, "device": args.device}

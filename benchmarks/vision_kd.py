@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
-from kdistill.report import aggregate_seeds, format_table
+from kdistill.report import aggregate_seeds, format_table, report_row
 from kdistill.runner import finished_row, read_run_config, run_distill, run_train
 
 ROOT = Path(__file__).resolve().parent
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.teacher:
         teacher_dir = Path(args.teacher)
-        teacher_row = json.loads((teacher_dir / "report.json").read_text())["rows"][0]
+        teacher_row = report_row(teacher_dir)
         teacher_spec = read_run_config(teacher_dir).model.model_dump()
         print(f"teacher {teacher_dir}: test {100 * teacher_row['accuracy']:.2f}%", flush=True)
     else:
@@ -117,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = max(selection, key=lambda s: s["val_accuracy"])
     print(f"chosen on validation: T={chosen['temperature']:g} alpha={chosen['alpha']:g}", flush=True)
     # The student alone on the same seed, for reference: does distillation help on validation at all?
+    # If the select seed is also reported, the loop below reuses this run (same config, same folder).
     reference_cfg = student_cfg(args.select_seed, None, None, "alone")
-    reference_row = timed(f"alone seed {args.select_seed} (reference)", run_train, reference_cfg)
+    timed(f"alone seed {args.select_seed} (reference)", run_train, reference_cfg)
     reference_val = _best_val(reference_cfg.out_dir())
 
     alone, distilled = [], []
     for seed in args.seeds:
-        alone.append(reference_row if seed == args.select_seed
-                     else timed(f"alone seed {seed}", run_train, student_cfg(seed, None, None, "alone")))
+        alone.append(timed(f"alone seed {seed}", run_train, student_cfg(seed, None, None, "alone")))
         if seed == args.select_seed:  # the chosen selection run is this seed's distilled run: same config, same seed
             distilled.append(chosen["row"])
         else:

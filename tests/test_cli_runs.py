@@ -79,6 +79,11 @@ def test_quickstart_table_and_report(tmp_path):
     with pytest.raises(KdistillError, match="--overwrite"):
         run_quickstart(tmp_path / "qs")
     assert tree_digest(tmp_path / "qs") == before
+    # Interrupted after its runs finished but before the table: a rerun reuses every finished run as it is.
+    (tmp_path / "qs" / "report.json").unlink()
+    runs = {p: p.stat().st_mtime_ns for p in (tmp_path / "qs").rglob("model.safetensors")}
+    assert run_quickstart(tmp_path / "qs") == rows
+    assert runs and {p: p.stat().st_mtime_ns for p in runs} == runs
 
 
 def test_cli_help_lists_the_commands():

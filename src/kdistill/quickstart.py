@@ -8,16 +8,15 @@ docs/design.md, "Quickstart").
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import DistillRunConfig, TrainRunConfig, dump_config, validate_config
+from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import aggregate_seeds, format_table, write_report
 from kdistill.rundir import is_run_dir
-from kdistill.runner import run_distill, run_train
+from kdistill.runner import finished_row, run_distill, run_train
 
 SEEDS = (0, 1, 2)
 DATA = {"name": "digits", "batch_size": 64}
@@ -62,9 +61,9 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, overwrite: bool = Fal
         t0 = time.perf_counter()
         seed_rows = []
         for cfg in configs:
-            done = cfg.out_dir() / "report.json"
-            if not overwrite and done.is_file() and (cfg.out_dir() / "config.yaml").read_text() == dump_config(cfg):
-                seed_rows.append(json.loads(done.read_text())["rows"][0])  # finished before an interruption: reuse
+            done = None if overwrite else finished_row(cfg)
+            if done is not None:  # finished before an interruption: reuse
+                seed_rows.append(done)
                 continue
             run = run_train if isinstance(cfg, TrainRunConfig) else run_distill
             seed_rows.append(run(cfg, overwrite=overwrite, progress=progress))

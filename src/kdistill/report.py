@@ -148,6 +148,11 @@ def write_report(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def report_row(run_dir: Path) -> dict[str, Any]:
+    """The first row of a finished run's `report.json` (its test evaluation)."""
+    return json.loads((Path(run_dir) / "report.json").read_text())["rows"][0]
+
+
 def format_size(n: int | None) -> str:
     """Bytes as B / KB / MB / GB (powers of 1024), one decimal: the unit of every table kdistill writes."""
     if n is None:

@@ -6,7 +6,6 @@ is touched (data loads, models build, a dry forward pass of student, teacher and
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +17,8 @@ from torch import nn
 from pydantic import ValidationError
 
 from kdistill import distributed
-from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, dump_config, format_validation_error, validate_config
+from kdistill.config import (DataConfig, DistillRunConfig, TrainRunConfig, dump_config, format_validation_error, read_yaml,
+                             validate_config)
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
@@ -27,7 +27,7 @@ from kdistill.errors import KdistillError
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
-from kdistill.report import evaluate_model, write_report
+from kdistill.report import evaluate_model, report_row, write_report
 from kdistill.rundir import check_out_dir, overlaps, prepare_run_dir
 from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
 from kdistill.teachers import FrozenTeacher, check_same_teacher, load_teacher, record_teacher, recorded_teacher
@@ -230,15 +230,13 @@ def finished_row(cfg: Any) -> dict[str, Any] | None:
     config is validated again before the comparison, so a config option added later with its default
     does not make an older run look different."""
     out = Path(cfg.out)
-    if not (out / "report.json").is_file() or not (out / "config.yaml").is_file():
+    if not (out / "report.json").is_file():
         return None
     try:
-        stored = validate_config(yaml.safe_load((out / "config.yaml").read_text()), type(cfg))
-    except (KdistillError, yaml.YAMLError):
+        stored = validate_config(read_yaml(out / "config.yaml"), type(cfg))
+    except KdistillError:  # missing or damaged: not a run this config can reuse
         return None
-    if dump_config(stored) != dump_config(cfg):
-        return None
-    return json.loads((out / "report.json").read_text())["rows"][0]
+    return report_row(out) if dump_config(stored) == dump_config(cfg) else None
 
 
 def read_run_config(run_dir: Path) -> TrainRunConfig | DistillRunConfig:

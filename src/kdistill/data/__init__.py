@@ -58,7 +58,7 @@ def train_subset(splits: DataSplits, n: int) -> DataSplits:
         raise KdistillError(f"data.train_samples: {n} is fewer than the {splits.num_classes} classes of {splits.name}")
     _, keep = stratified_holdout(splits.train.labels.numpy(), n, SUBSET_SEED)
     index = torch.from_numpy(keep)
-    train = Split(splits.train.inputs[index].contiguous(), splits.train.labels[index].contiguous())
+    train = Split(splits.train.inputs[index], splits.train.labels[index])
     normalization = {**splits.normalization, "train_samples": f"{n} of {total} (stratified, seed {SUBSET_SEED})"}
     return replace(splits, train=train, normalization=normalization)
 
