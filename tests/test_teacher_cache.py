@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, run_cli, tree_digest, write_yaml
+from kdistill.ownership import MANIFEST
 from kdistill.config import CacheConfig, DataConfig, DistillRunConfig, validate_config
 from kdistill.data import load_dataset
 from kdistill.data.augment import build_augmentation, hflip, random_crop
@@ -262,7 +263,7 @@ def test_default_location_is_inside_the_teacher_run_and_goes_with_an_overwrite(t
     cfg_path = write_yaml(tmp_path / "kd.yaml", raw)
     result = run_cli("distill", str(cfg_path), "-q")
     assert result.returncode == 0, result.stderr
-    caches = list((teacher_copy / "teacher-cache").iterdir())
+    caches = [p for p in (teacher_copy / "teacher-cache").iterdir() if p.name != MANIFEST]  # beside its manifest
     assert len(caches) == 1 and caches[0].name.startswith("digits-v1-")
     assert "teacher cache" in result.stderr
     # The second student reuses it (nothing rebuilt).

@@ -206,3 +206,35 @@ def torch_allclose(a, b) -> bool:
     import torch
 
     return bool(torch.allclose(a, b, atol=1e-5))
+
+
+def test_a_text_run_whose_loss_goes_nan_stops_with_one_line(tmp_path, text_data, capsys, monkeypatch):
+    from kdistill.cli import main
+
+    real = transformers.Trainer.compute_loss
+    monkeypatch.setattr(transformers.Trainer, "compute_loss",
+                        lambda self, *a, **k: real(self, *a, **k) * float("nan") if self.state.global_step >= 2
+                        else real(self, *a, **k))
+    cfg = {"task": "text-classification", "name": "nan", "data": _data(text_data), "model": f"hf:{text_data / 'tiny-bert'}",
+           "train": {"epochs": 2, "device": "cpu"}, "out": str(tmp_path / "nan")}
+    assert main(["train", str(write_yaml(tmp_path / "nan.yaml", cfg)), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "epoch 1, step 3: the loss went non-finite (nan)" in err, err
+    assert not (tmp_path / "nan" / "report.json").exists() and not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_a_text_data_set_with_one_class_is_an_error(tmp_path, text_data):
+    one = tmp_path / "one"
+    one.mkdir()
+    for split in ("train", "validation", "test"):
+        rows = [r for r in csv.DictReader(open(text_data / f"{split}.csv")) if r["section"] == "net"]
+        with open(one / f"{split}.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["description", "section"])
+            writer.writeheader()
+            writer.writerows(rows)
+    cfg = {"task": "text-classification", "name": "one", "data": _data(one), "model": f"hf:{text_data / 'tiny-bert'}",
+           "train": {"epochs": 1, "device": "cpu"}, "out": str(tmp_path / "run")}
+    result = run_cli("train", str(write_yaml(tmp_path / "one.yaml", cfg)))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "1 class (net)" in result.stderr and "at least 2" in result.stderr
+    assert not (tmp_path / "run").exists()

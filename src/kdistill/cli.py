@@ -22,17 +22,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, object]:
-    import yaml
+    from kdistill.config import parse_yaml
 
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise KdistillError(f"--data {pair!r} must look like key=value, e.g. --data root=/path/to/data")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise KdistillError(f"--data {pair!r}: the value is not valid YAML") from None
+        out[key] = parse_yaml(value, f"--data {key}")
     return out
 
 
@@ -218,12 +215,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    # OpenMP threads that wait by sleeping, not spinning: two runs sharing the cores no longer slow each other
+    # tenfold (benchmarks/results/sharing.md). Read when torch loads, which the commands do after this line;
+    # a value the user set (even empty, libgomp's own default) is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, one process speaks for all
     try:
         COMMANDS[args.command](args)
     except KdistillError as exc:
         if main_process:
             sys.stderr.write(f"kdistill: error: {exc}\n")
+        return EXIT_USAGE
+    except OSError as exc:  # the file system said no (a name too long, a full disk, no permission): one line, not a traceback
+        if main_process:
+            where = f"{exc.filename}: " if exc.filename else ""
+            sys.stderr.write(f"kdistill: error: {where}{exc.strerror or exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         if main_process:

@@ -31,10 +31,10 @@ from kdistill.export import Predictor, load_predictor, read_export_record, torch
 from kdistill.teachers import file_sha256, recorded_teacher
 from kdistill.models import count_params
 from kdistill.report import calibration, format_size, summarize_times
-from kdistill.rundir import is_run_dir, write_text_atomic
+from kdistill.ownership import FILE, MANIFEST, Owned
+from kdistill.rundir import is_run_dir, write_owned_text
 from kdistill.samples import Batch, TensorSamples, TextSamples
 
-OUTPUTS = ("compare.json", "compare.md", "compare.html", "tradeoff.png", "curves.png", "reliability.png")
 
 
 @dataclass
@@ -83,14 +83,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise KdistillError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / "compare.json").is_file():
-            raise KdistillError(f"--out {out} is not empty and holds no earlier comparison; choose another --out")
+        owned = Owned(out)
+        if not (out / "compare.json").is_file() or not owned.is_owned():
+            raise KdistillError(f"--out {out} is not empty and holds no earlier comparison written by kdistill "
+                                f"(no compare.json and {MANIFEST}); choose another --out")
         if not overwrite:
             raise KdistillError(f"--out {out} already holds a comparison; pass --overwrite to replace it or choose another --out")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.endswith(".tmp")
-                         and not p.name.endswith(".tmp.png"))
-        if foreign:
-            raise KdistillError(f"--out {out} holds files compare did not write ({', '.join(foreign[:3])}); choose another --out")
+        owned.check_removable("--out")
 
 
 def _time_interleaved(rows: list[Row], inputs: list[Batch], repeats: int, warmup: int) -> list[list[float]]:
@@ -329,9 +328,10 @@ def _write_outputs(result: dict[str, Any], curves: dict[str, list[dict[str, Any]
                    log: Callable[[str], None]) -> None:
     from kdistill import plots as plotting
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in [p for p in out.iterdir() if p.suffix == ".png"]:  # an earlier comparison's plots describe other rows
-        stale.unlink()
+    owned = Owned(out)
+    for stale in [name for name, kind in (owned.entries() or {}).items() if name.endswith(".png") and kind == FILE]:
+        (out / stale).unlink(missing_ok=True)  # an earlier comparison's plots describe other rows
+        owned.release(stale)
     images: list[Path] = []
     if plots and plotting.matplotlib_available():
         pictures = [("tradeoff.png", lambda p: plotting.plot_tradeoff(result["rows"], p,
@@ -341,15 +341,16 @@ def _write_outputs(result: dict[str, Any], curves: dict[str, list[dict[str, Any]
         if any(curves.values()):
             pictures.append(("curves.png", lambda p: plotting.plot_curves(curves, p)))
         for name, draw in pictures:
-            tmp = out / f".{name}.tmp.png"
+            tmp = owned.path(f".{name}.tmp.png")
             draw(tmp)
-            tmp.replace(out / name)
+            tmp.replace(owned.path(name))
+            owned.release(tmp.name)
             images.append(out / name)
     elif plots:
         log("kdistill: warning: matplotlib is not installed, so no plots were drawn (pip install 'kdistill[plots]')")
     for name, text in (("compare.json", json.dumps(result, indent=2) + "\n"), ("compare.md", markdown_table(result) + "\n"),
                        ("compare.html", _html_page(result, images))):
-        write_text_atomic(out / name, text)
+        write_owned_text(out, name, text)
 
 
 __all__ = ["compare_runs", "expand_runs", "markdown_table"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdistill.errors import KdistillError
 
 
+# Bounds on what a YAML text may hold (config files, overrides, --data): a hostile file gets one line, not a
+# RecursionError, Python's int-string limit or an alias bomb ("billion laughs") expanded while the config is written.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000  # after aliases are expanded
+MAX_BATCH = 1 << 20
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -37,17 +46,17 @@ class DataConfig(_Strict):
     name: str = "digits"
     root: str | None = None
     download: bool = False
-    image_size: int | None = Field(None, gt=0)
+    image_size: int | None = Field(None, gt=0, le=4096)
     train_samples: int | None = Field(None, gt=0)
-    batch_size: int = Field(128, gt=0)
-    eval_batch_size: int = Field(512, gt=0)
+    batch_size: int = Field(128, gt=0, le=MAX_BATCH)
+    eval_batch_size: int = Field(512, gt=0, le=MAX_BATCH)
     augment: list[str] = Field(default_factory=list)
 
 
 class ModelSpec(BaseModel):
     """A zoo model: `name` plus the keyword arguments of its constructor (checked at build time)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
 
     def kwargs(self) -> dict[str, Any]:
@@ -70,6 +79,15 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     device: str = Field("auto", description="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
+    threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch (auto: torch's default, one per "
+                                           "core); set 1 per run when several runs share the machine")
+
+    @field_validator("threads")
+    @classmethod
+    def _thread_count(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= value <= 1024:
+            raise ValueError("must be auto or a number of threads from 1 to 1024")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -92,7 +110,7 @@ class CacheConfig(_Strict):
     top_k: int | None = Field(None, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
     seed: int = Field(0, ge=0, lt=2**31, description="seed of the views' augmentation choices")
-    batch_size: int = Field(1024, gt=0, description="teacher batch while building")
+    batch_size: int = Field(1024, gt=0, le=MAX_BATCH, description="teacher batch while building")
 
 
 class DistillConfig(BaseModel):
@@ -106,7 +124,7 @@ class DistillConfig(BaseModel):
     runs a live teacher (and the cache build) under bf16 autocast.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     method: str = "kd"
     terms: list[dict[str, Any]] = Field(default_factory=list, description="extra weighted terms: {method, weight, ...}")
     teacher_outputs: Literal["live", "cached"] = "live"
@@ -115,6 +133,55 @@ class DistillConfig(BaseModel):
 
     def method_params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+DEFAULT_SPACE: dict[str, Any] = {"distill.temperature": {"low": 1.0, "high": 20.0, "log": True},
+                                 "distill.alpha": {"low": 0.0, "high": 1.0}}
+
+
+class Range(_Strict):
+    """A numeric range of a sweep: `{low, high}` plus `log: true` (log-uniform), `step`, `type: int`."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    type: Literal["float", "int"] = "float"
+
+
+class SweepConfig(_Strict):
+    """The `sweep` section (kdistill.sweep): trials, sampler seed, output folder, pruning, and the search space."""
+
+    trials: int = Field(20, ge=1, le=100_000)
+    seed: int = Field(0, ge=0, lt=2**31)
+    out: str | None = None
+    prune: bool = True
+    startup_trials: int = Field(3, ge=0, description="trials that always run to the end before pruning starts")
+    space: dict[str, Any] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
+
+    @field_validator("space")
+    @classmethod
+    def _check_space(cls, space: dict[str, Any]) -> dict[str, Any]:
+        if not space:
+            raise ValueError("an empty search space (every trial would be the same run); name at least one key, "
+                             "e.g. distill.temperature: {low: 1, high: 20, log: true}")
+        for key, spec in space.items():
+            if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+                raise ValueError(f"{key!r} is not a dotted config key such as distill.temperature")
+            if isinstance(spec, list):
+                if not spec:
+                    raise ValueError(f"{key}: an empty list of choices")
+            elif isinstance(spec, dict):
+                rng = Range.model_validate(spec)
+                if not rng.low < rng.high:
+                    raise ValueError(f"{key}: low must be below high")
+                if rng.log and rng.low <= 0:
+                    raise ValueError(f"{key}: a log range needs low > 0")
+                if rng.log and rng.step is not None:
+                    raise ValueError(f"{key}: a log range cannot have a step")
+            else:
+                raise ValueError(f"{key}: give a list of choices or {{low, high[, log, step, type: int]}}")
+        return space
 
 
 class _RunConfig(_Strict):
@@ -155,7 +222,15 @@ class DistillRunConfig(_RunConfig):
     teacher: str | list[str] | None = None
     student: ModelSpec
     distill: DistillConfig = Field(default_factory=DistillConfig)
-    sweep: dict[str, Any] | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")
+    sweep: SweepConfig | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")
+
+
+def apply_threads(threads: int | str) -> None:
+    """`train.threads`: torch's intra-op thread count for this process (auto leaves torch's default)."""
+    import torch
+
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
 
 
 def config_sha256(config: BaseModel) -> str:
@@ -164,24 +239,92 @@ def config_sha256(config: BaseModel) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader with a bound on nesting depth (no RecursionError on 20,000 nested lists)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise KdistillError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_nodes(value: Any, memo: dict[int, int], depth: int = 0) -> int:
+    """How many values `value` holds once every alias is expanded (computed on the shared graph, not by expanding)."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) in memo:
+        return memo[id(value)]
+    if depth > MAX_YAML_DEPTH:
+        raise KdistillError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+    children = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+    total = 1
+    for child in children:
+        total += _expanded_nodes(child, memo, depth + 1)
+        if total > MAX_YAML_NODES:
+            break
+    memo[id(value)] = total
+    return total
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML data with the safe loader, bounded in size, depth, number size and alias expansion.
+
+    A config only holds data (strings, numbers, lists, mappings): it can never import or run code."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_YAML_BYTES:
+        raise KdistillError(f"{source}: larger than {MAX_YAML_BYTES // 1024} KiB; a config is a small YAML file")
+    try:
+        loaded = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except KdistillError as exc:
+        raise KdistillError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KdistillError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an integer past Python's digit limit
+        raise KdistillError(f"{source}: a value cannot be read ({str(exc).splitlines()[0][:120]})") from None
+    if _expanded_nodes(loaded, {}) > MAX_YAML_NODES:
+        raise KdistillError(f"{source}: expands to more than {MAX_YAML_NODES} values (aliases repeated inside "
+                            "aliases?); a config is a small YAML file")
+    return loaded
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader; errors are one-line KdistillErrors."""
+    """Read a YAML mapping with the bounded safe loader; errors are one-line KdistillErrors."""
     path = Path(path)
     if not path.is_file():
         raise KdistillError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise KdistillError(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB; a config is a small YAML file")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise KdistillError(f"{path}: not a text file (a config is UTF-8 YAML)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise KdistillError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except OSError as exc:
+        raise KdistillError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    loaded = parse_yaml(text, str(path))
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
         raise KdistillError(f"{path}: a config must be a YAML mapping of keys to values")
     return loaded
+
+
+def parse_override_value(text: str, source: str) -> Any:
+    """The value of a `key=value` override: YAML (`[64, 32]`, `true`, `1e-3`), or the plain text when it is not YAML."""
+    if text == "":
+        return None
+    try:
+        return parse_yaml(text, source)
+    except KdistillError:
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text  # not YAML at all: a plain string
+        raise
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -191,10 +334,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, text = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise KdistillError(f"override {item!r} must look like key.path=value, e.g. train.epochs=3")
-        try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError:
-            value = text
+        value = parse_override_value(text, f"override {key}")
         node = result
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -207,6 +347,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         node[parts[-1]] = value
     return result
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """The dotted key of the first non-finite float (inf, nan, 1e400) anywhere in a raw config, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "config"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        found = _non_finite(child, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -242,10 +394,19 @@ def validate_config(raw: dict[str, Any], kind: type[_RunConfig], source: str = "
         raise KdistillError(f"{source}: this is a distill config (it has 'student'); run `kdistill distill`")
     if not trains_model and "student" not in raw and "model" in raw:
         raise KdistillError(f"{source}: this is a train config (it has 'model'); run `kdistill train`")
+    bad = _non_finite(raw, "")
+    if bad:
+        raise KdistillError(f"{source}: {bad}: must be a finite number (got {_lookup(raw, bad)!r})")
     try:
         return kind.model_validate(raw)
     except ValidationError as exc:
         raise KdistillError(format_validation_error(exc, source)) from None
+
+
+def _lookup(raw: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        raw = raw[int(part)] if isinstance(raw, list) else raw[part]
+    return raw
 
 
 def dump_config(config: BaseModel) -> str:

@@ -15,7 +15,6 @@ and only rank 0 writes.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -30,21 +29,18 @@ from torch import nn
 from tqdm import tqdm
 
 from kdistill import distributed
+from kdistill.checkpoint import (BEST, CHECKPOINT, LAST, METRICS, NONFINITE, claim_run_files, commit_epoch, completed_metrics,
+                                 nonfinite_terms, read_checkpoint, restore, rng_state, set_rng_state, stop_nonfinite)
 from kdistill.config import TrainConfig
 from kdistill.data.splits import Batch, DataSplits, iterate_batches
 from kdistill.errors import KdistillError
 from kdistill.inference import accuracy, predict_logits
 from kdistill.methods.base import Method
-from kdistill.models import save_weights
 from kdistill.teachers import FrozenTeacher
 
 if TYPE_CHECKING:
     from kdistill.teacher_cache import TeacherCache
 
-CHECKPOINT = "state/checkpoint.pt"
-METRICS = "metrics.jsonl"
-BEST = "model.safetensors"
-LAST = "last.safetensors"
 
 
 @dataclass
@@ -96,41 +92,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise KdistillError(f"train.device: {name} requested but no CUDA GPU is available; use train.device=cpu or auto")
     return torch.device(name)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"cuda": cuda,
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    npy = state["numpy"]
-    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def _completed_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs that were not committed (a run killed after logging them)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            if json.loads(line)["epoch"] <= epochs_done:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by a crash
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def check_global_batch(batch_size: int, ctx: distributed.Context) -> None:
@@ -190,37 +151,27 @@ def fit(
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     optimizer = build_optimizer(cfg, trainable)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    marker = run_dir / NONFINITE
 
     start_epoch, best_acc, best_epoch = 0, -1.0, 0
     ckpt_path = run_dir / CHECKPOINT
-    def read_checkpoint() -> dict | None:
-        if not ckpt_path.exists():
-            return None
-        try:
-            return torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
-            raise KdistillError(f"{ckpt_path}: corrupt resume checkpoint ({str(exc).splitlines()[0]}); "
-                                "delete the run directory or pass --overwrite to start over") from None
-
+    factor = lr_factor(cfg, steps_per_epoch)
     # Rank 0 reads the checkpoint and hands it to every process: they resume (or start) together,
     # even on nodes that do not share rank 0's disk.
-    ckpt = ctx.broadcast_object(ctx.on_main(read_checkpoint)) if ctx.active else read_checkpoint()
+    ckpt = ctx.broadcast_object(ctx.on_main(lambda: read_checkpoint(ckpt_path))) if ctx.active else read_checkpoint(ckpt_path)
     if ckpt is not None:
-        student.load_state_dict(ckpt["student"])
-        method.load_state_dict(ckpt["method"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        restore(ckpt, ckpt_path, student, method, optimizer, scheduler, cfg.lr, cfg.weight_decay, factor)
         start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_val_accuracy"], ckpt["best_epoch"]
         ranks = ckpt.get("rng_ranks") or []
         if ctx.rank > 0 and len(ranks) == ctx.world:
-            _set_rng_state(ranks[ctx.rank])  # each process resumes its own dropout stream
+            set_rng_state(ranks[ctx.rank])  # each process resumes its own dropout stream
     elif ctx.active:
         ctx.broadcast_module(student)  # one starting point for every process
         ctx.broadcast_module(method)
         torch.manual_seed(seed * 1_000_003 + 7919 * ctx.rank)  # then different dropout masks per process
     if ctx.is_main:
-        _completed_metrics(run_dir / METRICS, start_epoch)
+        claim_run_files(run_dir)
+        completed_metrics(run_dir / METRICS, start_epoch)
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
     for epoch in range(start_epoch, cfg.epochs):
@@ -258,6 +209,10 @@ def fit(
                     teacher_logits = teacher(batch.inputs)
                 terms = method(batch, student_logits, teacher_logits)
             loss = sum(terms.values())
+            values = {k: float(v.detach()) for k, v in {"loss": loss, **terms}.items()}
+            if not ctx.active and not math.isfinite(values["loss"]):  # several processes: the gradient check below
+                raise stop_nonfinite(run_dir, epoch + 1, i + 1, "the loss went non-finite ("
+                                     + ", ".join(nonfinite_terms(values)) + ")", cfg.lr)
             group_start = i - i % cfg.grad_accum  # the last group of an epoch may be short: weight by its real size
             # Each process's mean is scaled by its share of the global batch, so the average over processes
             # (average_gradients) is the gradient of the global batch's mean loss.
@@ -265,8 +220,12 @@ def fit(
             (loss * share / min(cfg.grad_accum, batches_per_epoch - group_start)).backward()
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == batches_per_epoch:
                 ctx.average_gradients(trainable)
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                grads = [p.grad for p in trainable if p.grad is not None]
+                norm = float(nn.utils.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip
+                             else nn.utils.get_total_norm(grads))
+                if not math.isfinite(norm):  # the same averaged gradient on every process: all stop together
+                    raise stop_nonfinite(run_dir if ctx.is_main else None, epoch + 1, i + 1,
+                                         f"the gradient norm went non-finite ({norm})", cfg.lr)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 last_lr = optimizer.param_groups[0]["lr"]
@@ -274,8 +233,8 @@ def fit(
             n = batch.labels.shape[0]
             seen += n
             correct += int((student_logits.detach().argmax(-1) == batch.labels).sum())
-            for key, value in {"loss": loss, **terms}.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value * n
             bar.update(1)
             bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()} | {"samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
         bar.close()
@@ -303,20 +262,14 @@ def fit(
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch = val_acc, epoch + 1
-        rng_ranks = ctx.gather(_rng_state()) if ctx.active else None
+        rng_ranks = ctx.gather(rng_state()) if ctx.active else None
         if ctx.is_main:
-            with open(run_dir / METRICS, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            save_weights(student, run_dir / LAST)
-            if improved:
-                save_weights(student, run_dir / BEST)
-            # The commit point: once this file is replaced, epoch + 1 is complete.
-            tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-            torch.save({"epoch": epoch + 1, "best_val_accuracy": best_acc, "best_epoch": best_epoch,
-                        "student": student.state_dict(), "method": method.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": _rng_state(), **({"rng_ranks": rng_ranks} if rng_ranks else {})}, tmp)
-            tmp.replace(ckpt_path)
+            commit_epoch(run_dir, record, student, improved,
+                         {"epoch": epoch + 1, "best_val_accuracy": best_acc, "best_epoch": best_epoch,
+                          "student": student.state_dict(), "method": method.state_dict(),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "rng": rng_state(), **({"rng_ranks": rng_ranks} if rng_ranks else {})})
+            marker.unlink(missing_ok=True)
         ctx.barrier()
         if on_epoch_end is not None:
             on_epoch_end(record)

@@ -6,3 +6,7 @@ class KdistillError(Exception):
 
     The message is one line that says what is wrong and, where possible, how to fix it.
     """
+
+
+class NonFiniteError(KdistillError):
+    """A run's loss or gradient went inf/nan (the NaN guard); a hyperparameter search treats the trial as diverged."""

@@ -36,7 +36,8 @@ from torch import nn
 
 from kdistill.errors import KdistillError
 from kdistill.inference import accuracy
-from kdistill.rundir import write_text_atomic
+from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, pid_alive
+from kdistill.rundir import write_owned_text
 from kdistill.samples import Batch, TensorSamples, TextSamples
 from kdistill.teachers import file_sha256
 
@@ -87,7 +88,7 @@ def export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
     model = model.eval()
     input_names = input_names or ["input"]
     dynamic_shapes = dynamic_shapes or tuple({0: torch.export.Dim("batch")} for _ in example)
-    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
         lg.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" and friends
@@ -103,6 +104,27 @@ def export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
+
+
+MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and converts upwards only
+
+
+def check_opset(opset: int) -> None:
+    """The opsets the exporter can write and this onnx package knows; others are a one-line error."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise KdistillError(f"--opset {opset}: kdistill exports ONNX opsets {MIN_OPSET} to {newest} (the newest this "
+                            "onnx package knows)")
+
+
+def written_opset(path: Path) -> int:
+    """The default-domain opset the ONNX file really declares (recorded in export.json, not the one asked for)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _onnxruntime_step(what: str, step: Callable[[], None]) -> None:
@@ -375,6 +397,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
     run_dir = Path(run_dir)
     if fmt == "onnx":
         _require("onnx", "onnxscript", "onnxruntime")
+        check_opset(opset)
     from kdistill.text.runner import is_text_run
 
     if is_text_run(run_dir):
@@ -397,10 +420,19 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
     model = source.model
     reference = Predictor(run_dir.name, "pytorch", run_dir / "model.safetensors", torch_runner(model)).predict(source.val)
     labels = source.val.labels
-    out.mkdir(exist_ok=True)
-    for stale in out.glob(".work-*"):  # left by an export that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    work = out / f".work-{os.getpid()}"
+    owned = Owned(out)
+    clash = [VARIANT_FILES[v] for v in existing if VARIANT_FILES[v] in owned.foreign()]
+    if clash:  # never replace a file kdistill did not write (a user's, or an export of a kdistill without manifests)
+        raise KdistillError(f"{out} holds {', '.join(clash)}, which kdistill did not write (not in its {MANIFEST}); "
+                            "move it away and export again")
+    Owned(run_dir).claim(EXPORT_DIR, kind=FOLDER)
+    for stale in [name for name, kind in (owned.entries() or {}).items() if name.startswith(".work-") and kind == TREE]:
+        pid = stale.removeprefix(".work-")
+        if not (pid.isdigit() and pid_alive(int(pid))):  # left by an export that was killed
+            shutil.rmtree(out / stale, ignore_errors=True)
+            owned.release(stale)
+    work = owned.path(f".work-{os.getpid()}", kind=TREE)
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
         results: dict[str, dict[str, Any]] = {}
@@ -412,7 +444,10 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
             info: dict[str, Any] = {"file": VARIANT_FILES[variant]}
             if variant == "onnx":
                 export_onnx(source.onnx_model, source.example, path, opset, source.input_names, source.dynamic_shapes)
-                info |= {"format": "onnx", "precision": "fp32", "opset": opset, "inputs": source.input_names}
+                written = written_opset(path)
+                if written != opset:
+                    raise KdistillError(f"--opset {opset}: the exporter wrote opset {written} instead; nothing was written")
+                info |= {"format": "onnx", "precision": "fp32", "opset": written, "inputs": source.input_names}
             elif variant == "onnx-int8-dynamic":
                 if not prepared.exists():
                     preprocess_for_quantization(fp32_onnx, prepared, source.symbolic_shapes)
@@ -448,16 +483,19 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None =
                 f"{100 * check['accuracy']:.2f}% (PyTorch fp32 {100 * check['reference_accuracy']:.2f}%), "
                 f"argmax agreement {100 * check['argmax_agreement']:.2f}%, max abs logit diff {check['max_abs_diff']:.2e}")
         for variant in wanted:
-            (work / VARIANT_FILES[variant]).replace(out / VARIANT_FILES[variant])
+            (work / VARIANT_FILES[variant]).replace(owned.path(VARIANT_FILES[variant]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        owned.release(work.name)
 
     if record.get("weights_sha256") not in (None, weights_sha):  # the run was retrained: older variants are stale
         stale = [v for v in record["variants"] if v not in results]
         for variant in stale:
-            (out / VARIANT_FILES.get(variant, "-")).unlink(missing_ok=True)
+            name = VARIANT_FILES.get(variant)
+            if name and (owned.entries() or {}).get(name) == FILE:  # only what kdistill wrote
+                (out / name).unlink(missing_ok=True)
         record["variants"] = {}
     record = {"run": str(run_dir), "weights_sha256": weights_sha, **source.record,
               "torch": torch.__version__, "variants": {**record.get("variants", {}), **results}}
-    write_text_atomic(out / EXPORT_JSON, json.dumps(record, indent=2) + "\n")
+    write_owned_text(out, EXPORT_JSON, json.dumps(record, indent=2) + "\n")
     return record

@@ -15,7 +15,8 @@ from typing import Any
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import aggregate_seeds, format_table, write_report
-from kdistill.rundir import is_run_dir
+from kdistill.ownership import FOLDER, MANIFEST, Owned
+from kdistill.rundir import is_run_dir, write_owned_text
 from kdistill.runner import finished_row, run_distill, run_train
 
 SEEDS = (0, 1, 2)
@@ -51,13 +52,22 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, overwrite: bool = Fal
         raise KdistillError(f"--out: {out} exists and is not a directory")
     if is_run_dir(out):
         raise KdistillError(f"--out: {out} is a train/distill run directory; give the quickstart its own --out")
-    if (out / "report.json").exists():
-        if not overwrite:
+    configs_by_role = quickstart_configs(out, seeds)
+    owned = Owned(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not owned.is_owned():
+            raise KdistillError(f"--out: {out} is not empty and holds no quickstart written by kdistill (no {MANIFEST}; "
+                                "one of an older kdistill: delete it yourself); choose another --out")
+        owned.check_removable("--out")  # before anything is removed: every sub-run must be kdistill's too
+        if (out / "report.json").exists() and not overwrite:
             raise KdistillError(f"{out} already holds a quickstart; pass --overwrite to run it again or --out <another dir>")
-        for name in ("report.json", "report.md"):
+    owned.claim("report.json", "report.md")
+    owned.claim(*[Path(cfg.out).name for configs in configs_by_role.values() for cfg in configs], kind=FOLDER)
+    if overwrite:
+        for name in ("report.json", "report.md"):  # the old table no longer describes the runs
             (out / name).unlink(missing_ok=True)
     rows = []
-    for key, configs in quickstart_configs(out, seeds).items():
+    for key, configs in configs_by_role.items():
         t0 = time.perf_counter()
         seed_rows = []
         for cfg in configs:
@@ -72,5 +82,5 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, overwrite: bool = Fal
         print(f"[{key}] {len(seed_rows)} run(s) in {out}: test accuracy {accs} ({time.perf_counter() - t0:.1f} s)", flush=True)
         rows.append(row)
     write_report(rows, out / "report.json")
-    (out / "report.md").write_text(format_table(rows) + "\n")
+    write_owned_text(out, "report.md", format_table(rows) + "\n")
     return rows

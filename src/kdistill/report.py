@@ -142,10 +142,10 @@ def aggregate_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write `{"rows": [...]}` atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    tmp.replace(path)
+    """Write `{"rows": [...]}` atomically, recorded in its folder's manifest (kdistill.ownership)."""
+    from kdistill.rundir import write_owned_text
+
+    write_owned_text(path.parent, path.name, json.dumps({"rows": rows}, indent=2) + "\n")
 
 
 def report_row(run_dir: Path) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 A directory is a *run* when it holds kdistill's own `config.yaml` and `model.json`;
 *finished* when it also holds `report.json`; *unfinished* otherwise (a run that was killed).
 The same config resumes an unfinished run; anything else is refused unless the user passes
---overwrite, and even then only the files kdistill writes are removed: a directory holding
-anything else (a user's project, the working directory) is never deleted.
+--overwrite, and even then only the paths the run's manifest records (kdistill.ownership) are
+removed: a directory holding anything else (a user's project, the working directory) is refused.
 """
 
 from __future__ import annotations
@@ -12,44 +12,46 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import yaml
 
 from kdistill.errors import KdistillError
+from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, adopt
 
 RUN_MARKERS = ("config.yaml", "model.json")
-# Everything a train/distill/evaluate run writes at the top of its directory.
-# `teacher-cache` holds a teacher's output caches (kdistill.teacher_cache): retraining the
-# teacher with --overwrite removes them with the rest, as they describe the old weights;
-# so does `export` (kdistill.export: ONNX and int8 files).
-RUN_FILES = {"config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "state", "export",
-             "report.json", "report-val.json", "report-train.json", "report-test.json", "teacher-cache",
-             # text runs (kdistill.text.runner): the model's save_pretrained output and its tokenizer
-             "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model",
-             "chat_template.jinja"}
+# What a train/distill run claims in its manifest when the directory is created (kdistill.ownership), before
+# writing any of it. `export` (kdistill.export) and `teacher-cache` (kdistill.teacher_cache: retraining the
+# teacher with --overwrite removes its caches, which describe the old weights) are folders with manifests of
+# their own, written later by other commands; evaluate claims its report-<split>.json when it writes one.
+RUN_FILES = ("config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
+             "report.json")
+RUN_FOLDERS = ("export", "teacher-cache")
+# The names a run directory of a kdistill older than the manifest could hold (adopted only to resume it).
+LEGACY_RUN_FILES = {*RUN_FILES, *RUN_FOLDERS, "state", "report-val.json", "report-train.json", "report-test.json",
+                    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
+                    "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja"}
 
 
 def is_run_dir(path: Path) -> bool:
     return all((Path(path) / name).is_file() for name in RUN_MARKERS)
 
 
-def _foreign_entries(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.endswith(".tmp"))
-
-
-def _remove_run(out: Path) -> None:
-    for entry in out.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write through `NAME.tmp` and rename, so a reader never sees half a file (claim NAME first in an owned folder)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_owned_text(folder: Path, name: str, text: str) -> Path:
+    """Claim `name` in `folder`'s manifest, then write it atomically."""
+    path = Owned(folder).path(name)
+    write_text_atomic(path, text)
+    return path
 
 
 def overlaps(a: Path, b: Path) -> bool:
@@ -69,26 +71,89 @@ def check_out_dir(out: Path, protected: list[Path] = ()) -> None:
             raise KdistillError(f"out: {out} overlaps the teacher's run directory {other}; set out=<another dir>")
 
 
-def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, overwrite: bool) -> bool:
-    """Make `out` ready for this run; returns True when it resumes an unfinished run."""
+def _not_owned_message(out: Path) -> str:
+    return (f"out: {out} holds files kdistill did not write, as far as it can tell: it has no {MANIFEST} (a user's "
+            "folder, or a run of a kdistill older than the manifest); delete it yourself or choose another out=")
+
+
+NONFINITE_MARKER = "state/stopped-nonfinite.json"  # kdistill.checkpoint.NONFINITE
+# What may change when a run the NaN guard stopped is run again: the settings that make training stable.
+STABILITY_KEYS = ("lr", "weight_decay", "grad_clip")
+
+
+def _resumable_after_nonfinite(out: Path, config_yaml: str) -> bool:
+    """A run the NaN guard stopped resumes with a config that differs only in train.lr/weight_decay/grad_clip."""
+    if not (out / NONFINITE_MARKER).is_file():
+        return False
+    try:
+        old, new = yaml.safe_load((out / "config.yaml").read_text()), yaml.safe_load(config_yaml)
+    except (OSError, yaml.YAMLError):
+        return False
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return False
+    changed = {}
+    for raw in (old, new):
+        train = dict(raw.get("train") or {})
+        changed[id(raw)] = {k: train.pop(k, None) for k in STABILITY_KEYS}
+        raw["train"] = train
+    if old != new:
+        return False
+    before, after = changed[id(old)], changed[id(new)]
+    text = ", ".join(f"train.{k} {before[k]} -> {after[k]}" for k in STABILITY_KEYS if before[k] != after[k])
+    print(f"kdistill: resuming {out} after its non-finite stop with {text}", file=sys.stderr)
+    return True
+
+
+def save_into(folder: Path, save: Callable[[Path], None]) -> None:
+    """Let another library write files into an owned folder (`save(work_dir)`, e.g. `save_pretrained`): it writes
+    into a claimed work folder, and each entry is claimed before it is moved into place."""
+    owned = Owned(folder)
+    work = owned.path(".saving", kind=TREE)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    save(work)
+    for entry in sorted(work.iterdir()):
+        owned.claim(entry.name, kind=TREE if entry.is_dir() else FILE)
+        target = folder / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        entry.replace(target)
+    work.rmdir()
+    owned.release(".saving")
+
+
+def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, overwrite: bool,
+                    state_kind: str = FOLDER) -> bool:
+    """Make `out` ready for this run; returns True when it resumes an unfinished run.
+
+    `--overwrite` removes exactly the paths the run's manifest records, and refuses when anything else is
+    there. `state_kind`: FOLDER when kdistill lists what it writes in `state/` (the vision engine), TREE
+    when another library fills it (the Hugging Face Trainer's checkpoints)."""
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise KdistillError(f"out: {out} exists and is not a directory")
+    owned = Owned(out)
     try:
         if out.is_dir() and any(out.iterdir()):
             if not is_run_dir(out):
                 raise KdistillError(f"out: {out} is not empty and is not a kdistill run directory; choose another out=")
-            foreign = _foreign_entries(out)
-            if foreign:
-                raise KdistillError(f"out: {out} holds files kdistill did not write ({', '.join(foreign[:3])}); choose another out=")
             finished = (out / "report.json").is_file()
             same_config = (out / "config.yaml").read_text(errors="replace") == config_yaml
             if overwrite:
-                _remove_run(out)
+                if not owned.is_owned():
+                    raise KdistillError(_not_owned_message(out))
+                owned.remove("out")  # refuses first when anything else is there
             elif finished:
                 raise KdistillError(f"out: {out} already holds a finished run; pass --overwrite to replace it or set out=<another dir>")
-            elif same_config:
-                write_text_atomic(out / "model.json", json.dumps(model_json, indent=2) + "\n")
+            elif same_config or _resumable_after_nonfinite(out, config_yaml):
+                if not owned.is_owned() and not adopt(out, LEGACY_RUN_FILES):
+                    raise KdistillError(_not_owned_message(out))
+                owned.check_removable("out")
+                write_owned_text(out, "model.json", json.dumps(model_json, indent=2) + "\n")
+                if not same_config:
+                    write_owned_text(out, "config.yaml", config_yaml)
+                owned.claim("state", kind=owned.entries().get("state", state_kind))
                 (out / "state").mkdir(exist_ok=True)
                 return True
             else:
@@ -96,9 +161,12 @@ def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, 
                     f"out: {out} holds an unfinished run of a different config; rerun that config to resume it, "
                     "pass --overwrite to start over, or set out=<another dir>"
                 )
-        (out / "state").mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "model.json", json.dumps(model_json, indent=2) + "\n")
-        write_text_atomic(out / "config.yaml", config_yaml)  # written last: it is what marks the directory a run
+        owned.claim(*RUN_FILES)
+        owned.claim(*RUN_FOLDERS, kind=FOLDER)
+        owned.claim("state", kind=state_kind)
+        (out / "state").mkdir(exist_ok=True)
+        write_owned_text(out, "model.json", json.dumps(model_json, indent=2) + "\n")
+        write_owned_text(out, "config.yaml", config_yaml)  # written last: it is what marks the directory a run
     except OSError as exc:
         raise KdistillError(f"out: cannot write the run directory {out}: {exc.strerror or exc}") from None
     return False

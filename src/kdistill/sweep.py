@@ -30,62 +30,20 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from kdistill.config import DistillConfig, DistillRunConfig, apply_overrides, format_validation_error, read_yaml, validate_config
-from kdistill.errors import KdistillError
+from kdistill.config import (DistillConfig, DistillRunConfig, SweepConfig, apply_overrides, format_validation_error, read_yaml,
+                             validate_config)
+from kdistill.errors import KdistillError, NonFiniteError
+from kdistill.ownership import FOLDER, Owned, pid_alive
 
-DEFAULT_SPACE: dict[str, Any] = {"distill.temperature": {"low": 1.0, "high": 20.0, "log": True},
-                                 "distill.alpha": {"low": 0.0, "high": 1.0}}
 STUDY = "kdistill-sweep"
-OUTPUTS = {"study.db", "sweep.lock", "trials.md", "trials.json", "best.yaml"}
-
-
-class Range(BaseModel):
-    """A numeric range: `{low, high}` plus `log: true` (log-uniform), `step`, `type: int`."""
-
-    model_config = ConfigDict(extra="forbid")
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-    type: Literal["float", "int"] = "float"
-
-
-class SweepConfig(BaseModel):
-    """The `sweep` section: trials, sampler seed, output folder, pruning, and the search space."""
-
-    model_config = ConfigDict(extra="forbid")
-    trials: int = Field(20, ge=1)
-    seed: int = Field(0, ge=0)
-    out: str | None = None
-    prune: bool = True
-    startup_trials: int = Field(3, ge=0, description="trials that always run to the end before pruning starts")
-    space: dict[str, Any] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
-
-    @field_validator("space")
-    @classmethod
-    def _check_space(cls, space: dict[str, Any]) -> dict[str, Any]:
-        for key, spec in space.items():
-            if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-                raise ValueError(f"{key!r} is not a dotted config key such as distill.temperature")
-            if isinstance(spec, list):
-                if not spec:
-                    raise ValueError(f"{key}: an empty list of choices")
-            elif isinstance(spec, dict):
-                rng = Range.model_validate(spec)
-                if not rng.low < rng.high:
-                    raise ValueError(f"{key}: low must be below high")
-                if rng.log and rng.low <= 0:
-                    raise ValueError(f"{key}: a log range needs low > 0")
-                if rng.log and rng.step is not None:
-                    raise ValueError(f"{key}: a log range cannot have a step")
-            else:
-                raise ValueError(f"{key}: give a list of choices or {{low, high[, log, step, type: int]}}")
-        return space
+# What a sweep writes at the top of its folder (recorded in its manifest, kdistill.ownership), besides trial-NNN runs.
+OUTPUTS = ("study.db", "study.db-journal", "study.db-wal", "study.db-shm", "sweep.lock", "trials.md", "trials.json",
+           "best.yaml")
 
 
 def _method_fields(method: str) -> set[str]:
@@ -172,16 +130,7 @@ def _lock(directory: Path) -> Path:
             pid = int(lock.read_text().strip() or "0")
         except ValueError:
             pid = 0
-        alive = False
-        if pid > 0:
-            try:
-                os.kill(pid, 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        if alive and pid != os.getpid():
+        if pid > 0 and pid != os.getpid() and pid_alive(pid):
             raise KdistillError(f"{directory} is in use by another sweep (pid {pid}); wait for it or choose another sweep.out")
     lock.write_text(str(os.getpid()))
     return lock
@@ -192,7 +141,7 @@ def _prepare_dir(directory: Path) -> None:
         raise KdistillError(f"sweep.out: {directory} exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not (directory / "study.db").is_file():
         raise KdistillError(f"sweep.out: {directory} is not empty and holds no sweep; choose another sweep.out")
-    directory.mkdir(parents=True, exist_ok=True)
+    Owned(directory).claim(*OUTPUTS)
 
 
 def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | None = None, out: str | None = None,
@@ -260,7 +209,7 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
 
         def objective(trial: Any) -> float:
             values = sample_overrides(trial, sweep.space, base.distill.method)
-            run_dir = directory / f"trial-{trial.number:03d}"
+            run_dir = Owned(directory).path(f"trial-{trial.number:03d}", kind=FOLDER)
             trial_raw = apply_overrides(raw, _to_override_list(values) + [f"out={run_dir}", f"name={base.name}-trial{trial.number}"])
             cfg = validate_config(trial_raw, DistillRunConfig, source=f"{config_path} (trial {trial.number}: {values})")
             trial.set_user_attr("overrides", values)
@@ -279,6 +228,11 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
             except KeyboardInterrupt:
                 trial.set_user_attr("interrupted", True)  # Optuna marks it failed; the next sweep runs it again
                 raise
+            except NonFiniteError as exc:  # a diverging setting is an outcome of the search, not the end of it
+                trial.set_user_attr("seconds", time.perf_counter() - t0)
+                trial.set_user_attr("diverged", str(exc).split(";")[0])
+                log(f"trial {trial.number}: {_describe(values)} -> diverged ({str(exc).split(';')[0]})")
+                raise optuna.TrialPruned("diverged") from None
             except optuna.TrialPruned:
                 trial.set_user_attr("seconds", time.perf_counter() - t0)
                 log(f"trial {trial.number}: {_describe(values)} -> pruned at epoch {trial.user_attrs.get('epochs')} "
@@ -319,7 +273,7 @@ def _write_summary(study: Any, raw: dict[str, Any], directory: Path, config_path
 
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "overrides": t.user_attrs.get("overrides", {}),
+        rows.append({"trial": t.number, "state": "diverged" if t.user_attrs.get("diverged") else t.state.name.lower(), "overrides": t.user_attrs.get("overrides", {}),
                      "val_accuracy": t.value if t.state == TrialState.COMPLETE else
                      (max(t.intermediate_values.values()) if t.intermediate_values else None),
                      "epochs": t.user_attrs.get("epochs"), "test_accuracy": t.user_attrs.get("test_accuracy"),

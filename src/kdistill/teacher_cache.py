@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import socket
 import sys
 import time
@@ -46,6 +45,7 @@ from kdistill.config import CacheConfig
 from kdistill.data.augment import Augmenter
 from kdistill.data.splits import Batch, Split
 from kdistill.errors import KdistillError
+from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
 from kdistill.rundir import write_text_atomic
 from kdistill.teachers import FrozenTeacher
 
@@ -180,8 +180,13 @@ def _read_complete_header(path: Path) -> dict[str, Any] | None:
 CACHE_FILES = {HEADER, HEADER + ".tmp", "params.npy", "logits.npy", "topk_logprobs.npy", "topk_index.npy", "rest_logmass.npy"}
 
 
-def _check_replaceable(path: Path) -> None:
-    """Only an empty folder or one holding kdistill's cache files may be (re)built over: never a user's folder."""
+def _array_names(top_k: int | None) -> list[str]:
+    return ["params.npy"] + (["topk_logprobs.npy", "topk_index.npy", "rest_logmass.npy"] if top_k else ["logits.npy"])
+
+
+def _check_replaceable(path: Path, rebuild: bool = False) -> None:
+    """Only an empty folder or one holding kdistill's cache files may be read, and only one whose manifest
+    records every file in it (kdistill.ownership) may be rebuilt over: never a user's folder."""
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise KdistillError(f"teacher cache {path} exists and is not a directory; set distill.cache.dir=<another dir>")
     if path.is_dir():
@@ -189,36 +194,48 @@ def _check_replaceable(path: Path) -> None:
             entries = {p.name for p in path.iterdir()}
         except OSError as exc:
             raise KdistillError(f"teacher cache {path}: cannot read it ({exc.strerror or exc})") from None
-        if entries and (not {HEADER, "params.npy"} <= entries or not entries <= CACHE_FILES):
+        owned = Owned(path)
+        legacy = {HEADER, "params.npy"} <= entries and entries <= CACHE_FILES  # a cache of a kdistill without manifests
+        if entries and (owned.foreign() if owned.is_owned() else not legacy):
             raise KdistillError(f"teacher cache {path} is a folder that holds other files, not a kdistill cache; "
                                 "set distill.cache.dir=<another dir>")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if entries and rebuild and not owned.is_owned():
+            raise KdistillError(f"teacher cache {path} has no {MANIFEST} (built by an older kdistill), so kdistill will "
+                                "not delete it; delete it yourself to rebuild it, or set distill.cache.dir=<another dir>")
 
 
 def _work_dir(path: Path) -> Path:
     return path.with_name(f"{path.name}.building-{socket.gethostname()}-{os.getpid()}")
 
 
+def _parent_record(path: Path) -> Owned | None:
+    """The manifest of the folder that holds the cache, when that folder is kdistill's (a teacher run's
+    `teacher-cache/`, or one the build creates); None for a user's folder (`distill.cache.dir`), which gets none."""
+    parent = Owned(path.parent)
+    return parent if parent.is_owned() or not path.parent.exists() else None
+
+
+def _discard(folder: Path, parent: Owned | None) -> None:
+    """Remove a cache (or work) folder kdistill wrote: exactly its recorded files, never a folder holding others."""
+    if folder.is_dir() and not Owned(folder).foreign():
+        Owned(folder).remove("teacher cache")
+        folder.rmdir()
+    if parent is not None and not folder.exists():
+        parent.release(folder.name)
+
+
 def _remove_stale_builds(path: Path) -> None:
     """Delete `<dir>.building-<host>-<pid>` folders (and `.old-` leftovers) of killed builds on this host
-    (their process is gone); a build by another host on a shared file system is left alone."""
+    (their process is gone), when they hold only what kdistill recorded; a build by another host on a shared
+    file system is left alone."""
     if not path.parent.is_dir():
         return
     host = socket.gethostname()
     for kind in ("building", "old"):
         for entry in path.parent.glob(f"{path.name}.{kind}-{host}-*"):
             pid = entry.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-                shutil.rmtree(entry, ignore_errors=True)
+            if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+                _discard(entry, _parent_record(path))
 
 
 def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: int, augmenter: Augmenter | None,
@@ -231,7 +248,7 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
     path = Path(path)
     if cfg.top_k is not None and cfg.top_k >= num_classes:
         raise KdistillError(f"distill.cache.top_k={cfg.top_k} must be smaller than the number of classes ({num_classes})")
-    _check_replaceable(path)
+    _check_replaceable(path, rebuild=True)
     _remove_stale_builds(path)
     work = _work_dir(path)
     started = time.perf_counter()
@@ -239,8 +256,12 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
     columns = list(augmenter.columns) if augmenter is not None else []
     header = {"format": CACHE_FORMAT, "complete": False, "fingerprint": fingerprint, "num_classes": num_classes,
               "param_columns": columns, "created_by": "kdistill cache-teacher"}
+    parent = _parent_record(path)
     try:
+        if parent is not None:
+            parent.claim(work.name, path.name, kind=FOLDER)
         work.mkdir(parents=True)
+        Owned(work).claim(HEADER, *_array_names(cfg.top_k))
         write_text_atomic(work / HEADER, json.dumps(header, indent=2) + "\n")
         dtype = np.float16 if cfg.dtype == "float16" else np.float32
         params_out = np.lib.format.open_memmap(work / "params.npy", mode="w+", dtype=np.int16, shape=(n, views, len(columns)))
@@ -280,17 +301,21 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
         header.update(complete=True, seconds=round(time.perf_counter() - started, 3), device=str(device))
         write_text_atomic(work / HEADER, json.dumps(header, indent=2) + "\n")
         if path.exists():  # a stale or mismatched cache being rebuilt: swap it out, then delete it
-            _check_replaceable(path)
+            _check_replaceable(path, rebuild=True)
             old = path.with_name(f"{path.name}.old-{socket.gethostname()}-{os.getpid()}")
+            if parent is not None:
+                parent.claim(old.name, kind=FOLDER)
             path.replace(old)
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old, parent)
         work.replace(path)
+        if parent is not None:
+            parent.release(work.name)
     except OSError as exc:
-        shutil.rmtree(work, ignore_errors=True)
+        _discard(work, parent)
         raise KdistillError(f"cannot write the teacher cache at {path}: {exc.strerror or exc}; "
                             "set distill.cache.dir=<a writable directory>") from None
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)  # interrupted: leave nothing that could pass for a cache
+        _discard(work, parent)  # interrupted: leave nothing that could pass for a cache
         raise
     return TeacherCache(path, header, augmenter)
 

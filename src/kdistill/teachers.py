@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kdistill.errors import KdistillError
+from kdistill.rundir import write_owned_text
 from kdistill.models import load_run_model
 
 
@@ -109,7 +110,7 @@ def record_teacher(run_dir: Path, teacher: FrozenTeacher) -> None:
     """Remember which teacher (absolute path + weights hash) a distilled run learns from."""
     paths = [os.path.abspath(source) for source in teacher.sources]
     record = {"path": paths[0] if len(paths) == 1 else paths, "weights_sha256": teacher.weights_sha256}
-    (Path(run_dir) / TEACHER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    write_owned_text(Path(run_dir), TEACHER_RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def recorded_teacher(run_dir: Path) -> dict[str, Any] | None:

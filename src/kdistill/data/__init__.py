@@ -35,6 +35,9 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
     if cfg.image_size is not None and cfg.name != "imagefolder":
         raise KdistillError(f"data.image_size: only imagefolder resizes images; {cfg.name} has a fixed size (remove data.image_size)")
     splits = loader(cfg)
+    if splits.num_classes < 2:
+        raise KdistillError(f"data: {splits.name} has {splits.num_classes} class ({', '.join(splits.classes)}); a "
+                            "classifier needs at least 2")
     if cfg.train_samples is not None:
         splits = train_subset(splits, cfg.train_samples)
     return splits

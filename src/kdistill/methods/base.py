@@ -20,9 +20,9 @@ from kdistill.errors import KdistillError
 
 
 class MethodParams(BaseModel):
-    """Base for a method's hyperparameters; unknown keys are errors."""
+    """Base for a method's hyperparameters; unknown keys and non-finite numbers (inf, nan, 1e400) are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Method(nn.Module):

@@ -97,10 +97,34 @@ def build_model(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...],
         if key not in allowed:
             known = f"arguments: {', '.join(allowed)}" if allowed else "it takes no arguments"
             raise KdistillError(f"{where}.{key}: not an argument of model {name!r} ({known})")
+    _check_size_arguments(kwargs, where)
     try:
+        with torch.device("meta"):  # count the parameters first, without allocating them
+            params = count_params(factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs))
+        if params > MAX_PARAMS:
+            raise KdistillError(f"{where}: {name!r} with {kwargs} would have {params:,} parameters, more than kdistill's "
+                                f"limit of {MAX_PARAMS:,}; choose smaller widths")
         return factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise KdistillError(f"{where}: cannot build {name!r} with {kwargs}: {exc}") from None
+
+
+# Bounds on a zoo model's size arguments (a config or a model.json asking for a million layers gets one line,
+# not an exhausted memory): widths, list lengths, repeat counts, and the parameter count (built on `meta` first).
+MAX_PARAMS = 1_000_000_000
+_MAX_WIDTH, _MAX_LIST, _MAX_REPEAT = 1 << 16, 64, 256
+_REPEAT_ARGS = ("convs_per_stage", "depth", "blocks", "layers")
+
+
+def _check_size_arguments(kwargs: dict[str, Any], where: str) -> None:
+    for key, value in kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and len(value) > _MAX_LIST:
+            raise KdistillError(f"{where}.{key}: {len(value)} entries; at most {_MAX_LIST}")
+        limit = _MAX_REPEAT if any(word in key for word in _REPEAT_ARGS) else _MAX_WIDTH
+        for item in values:
+            if isinstance(item, int) and not isinstance(item, bool) and item > limit:
+                raise KdistillError(f"{where}.{key}: {item} is larger than kdistill's limit of {limit}")
 
 
 def model_spec(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], classes: list[str]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kdistill.config import _RunConfig, _Strict
+from kdistill.config import TrainConfig, _RunConfig, _Strict
 from kdistill.text.data import TextDataConfig
 
 
@@ -21,6 +21,9 @@ class TextTrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch (auto: torch's default)")
+
+    _threads = field_validator("threads")(classmethod(lambda cls, v: TrainConfig._thread_count(v)))
 
 
 class FromTeacher(_Strict):

@@ -33,7 +33,7 @@ class TextDataConfig(BaseModel):
     out-of-scope class, as CLINC150 "plus" does).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     format: Literal["csv", "jsonl", "hf-disk", "clinc150"] = "csv"
     root: str
     train: str | None = None
@@ -184,6 +184,9 @@ def load_text_splits(cfg: TextDataConfig) -> TextSplits:
     labels = list(cfg.labels) if cfg.labels else fixed_names or sorted({y for _, y in raw["train"]})
     if cfg.train_limit:  # after the label set is read, so a smaller training set keeps every class id
         raw["train"] = _evenly_spaced(raw["train"], cfg.train_limit)
+    if len(labels) < 2:
+        raise KdistillError(f"data: {root} has {len(labels)} class ({', '.join(labels) or 'none'}); a classifier needs "
+                            "at least 2 (with one, the model would be a regression scoring 100%)")
     index = {name: i for i, name in enumerate(labels)}
     for split, rows in raw.items():
         unknown = sorted({y for _, y in rows if y not in index})

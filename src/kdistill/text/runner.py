@@ -19,10 +19,12 @@ import torch
 
 from pydantic import ValidationError
 
-from kdistill.config import apply_overrides, dump_config, format_validation_error, load_config, read_yaml, validate_config
+from kdistill.config import apply_overrides, apply_threads, dump_config, format_validation_error, load_config, read_yaml, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import summarize_times, write_report
-from kdistill.rundir import check_out_dir, prepare_run_dir
+from kdistill.ownership import TREE
+from kdistill.rundir import check_out_dir, prepare_run_dir, save_into, write_owned_text
+from kdistill.text.guard import GuardedTrainer
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextDataConfig, TextSplits, load_text_splits
 
@@ -161,7 +163,7 @@ def _write_metrics(trainer: Any, out: Path) -> None:
             rec.update(val_accuracy=entry["eval_accuracy"], val_loss=entry.get("eval_loss"))
         if "train_runtime" in entry:
             rec["seconds_total"] = entry["train_runtime"]
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for _, r in sorted(epochs.items())))
+    write_owned_text(out, "metrics.jsonl", "".join(json.dumps(r) + "\n" for _, r in sorted(epochs.items())))
 
 
 def predict_text_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> torch.Tensor:
@@ -257,7 +259,7 @@ def evaluate_text_model(model: Any, tokenizer: Any, data: TextSplits, split: str
 def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected: list[Path]) -> bool:
     check_out_dir(out, protected=protected)
     spec = {"task": TASK, "format": "huggingface", "classes": labels}
-    return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
+    return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite, state_kind=TREE)  # the Trainer fills state/
 
 
 def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool) -> None:
@@ -268,23 +270,23 @@ def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool,
         trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
     trainer.train(resume_from_checkpoint=last)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
     _write_metrics(trainer, out)
 
 
 def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune `cfg.model` (hf:PATH) on the data's labels; returns the test report row."""
     require_text_extra()
-    from transformers import DataCollatorWithPadding, Trainer, set_seed
+    from transformers import DataCollatorWithPadding, set_seed
 
+    apply_threads(cfg.train.threads)
     data = load_text_splits(cfg.data)
     source = _hf_path(cfg.model, "model")
     set_seed(cfg.seed)
     model, tokenizer = load_classifier(source, "model", labels=data.labels)
     out = cfg.out_dir()
     resuming = _prepare(cfg, out, overwrite, data.labels, [source])
-    trainer = Trainer(model=model, args=_args(cfg, out, len(data.train), progress, distill=False),
+    trainer = GuardedTrainer(model=model, args=_args(cfg, out, len(data.train), progress, distill=False),
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
                       eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
@@ -314,6 +316,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
 
     from kdistill.text.trainer import CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator
 
+    apply_threads(cfg.train.threads)
     data = load_text_splits(cfg.data)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
     teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
@@ -337,7 +340,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                                   compute_metrics=_accuracy_metric, teacher_model=teacher)
     _finish(trainer, student, student_tok, out, resuming, progress)
-    (out / "teacher.json").write_text(json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
+    write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
     row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),
                               teacher=teacher, teacher_tokenizer=teacher_tok)

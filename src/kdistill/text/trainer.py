@@ -16,6 +16,7 @@ loss = alpha · CE(student, labels) + (1 − alpha) · T² · KL(softmax(teacher
   `CachedLogitsCollator` batches it) replaces the teacher's forward pass; the teacher is in eval
   mode and sees the same text, so the loss is the same and an epoch costs the student's alone.
 - A teacher whose label count or label names differ from the student's is refused.
+- A non-finite training loss stops the run with one line (kdistill.text.guard).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from kdistill.errors import KdistillError
 from kdistill.losses import distillation_loss
+from kdistill.text.guard import GuardedTrainer
 
 TEACHER_PREFIX = "teacher_"
 CACHED_LOGITS = "cached_teacher_logits"
@@ -106,7 +108,7 @@ class CachedLogitsCollator:
         return batch
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(GuardedTrainer):
     """`Trainer(model=student, args=DistillationTrainingArguments(...), teacher_model=teacher, ...)`."""
 
     def __init__(self, *args: Any, teacher_model: nn.Module, **kwargs: Any):
