@@ -215,10 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    # OpenMP threads that wait by sleeping, not spinning: two runs sharing the cores no longer slow each other
-    # tenfold (benchmarks/results/sharing.md). Read when torch loads, which the commands do after this line;
-    # a value the user set (even empty, libgomp's own default) is kept.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, one process speaks for all
     try:
         COMMANDS[args.command](args)

@@ -79,8 +79,8 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     device: str = Field("auto", description="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
-    threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch (auto: torch's default, one per "
-                                           "core); set 1 per run when several runs share the machine")
+    threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; auto: torch's default divided "
+                                           "by the kdistill runs on the machine, each epoch (kdistill.threads)")
 
     @field_validator("threads")
     @classmethod
@@ -223,14 +223,6 @@ class DistillRunConfig(_RunConfig):
     student: ModelSpec
     distill: DistillConfig = Field(default_factory=DistillConfig)
     sweep: SweepConfig | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")
-
-
-def apply_threads(threads: int | str) -> None:
-    """`train.threads`: torch's intra-op thread count for this process (auto leaves torch's default)."""
-    import torch
-
-    if threads != "auto":
-        torch.set_num_threads(int(threads))
 
 
 def config_sha256(config: BaseModel) -> str:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdistill import distributed
+from kdistill import distributed, threads
 from kdistill.checkpoint import (BEST, CHECKPOINT, LAST, METRICS, NONFINITE, claim_run_files, commit_epoch, completed_metrics,
                                  nonfinite_terms, read_checkpoint, restore, rng_state, set_rng_state, stop_nonfinite)
 from kdistill.config import TrainConfig
@@ -179,6 +179,7 @@ def fit(
         student.train()
         method.train()
         method.start_epoch(epoch, cfg.epochs)
+        epoch_threads = threads.adjust(cfg.threads)  # this run's share of the cores (kdistill.threads)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         sums: dict[str, float] = {}
         last_lr = optimizer.param_groups[0]["lr"]
@@ -256,7 +257,7 @@ def fit(
             val_acc = accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
         record = {"epoch": epoch + 1, "lr": last_lr, **{k: v / seen for k, v in sums.items()},
                   "train_accuracy": correct / seen, "val_accuracy": val_acc, "seconds": train_seconds,
-                  "samples_per_s": seen / train_seconds}
+                  "samples_per_s": seen / train_seconds, "threads": epoch_threads}
         if ctx.active:
             record["processes"] = shards  # what each process trained on this epoch
         improved = val_acc > best_acc

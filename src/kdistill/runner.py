@@ -16,8 +16,8 @@ from torch import nn
 
 from pydantic import ValidationError
 
-from kdistill import distributed
-from kdistill.config import (DataConfig, DistillRunConfig, TrainRunConfig, apply_threads, dump_config, format_validation_error, read_yaml,
+from kdistill import distributed, threads
+from kdistill.config import (DataConfig, DistillRunConfig, TrainRunConfig, dump_config, format_validation_error, read_yaml,
                              validate_config)
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import Augmenter, build_augmentation
@@ -138,10 +138,10 @@ def _train_and_report(
     return row
 
 
+@threads.counted
 def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg.model` on labels only; returns the test report row ({} on ranks other than 0 under torchrun)."""
     distributed.init_from_env(resolve_device(cfg.train.device))
-    apply_threads(cfg.train.threads)
     data = load_dataset(cfg.data)
     seed_everything(cfg.seed)
     model = build_model(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.num_classes, where="model")
@@ -200,11 +200,11 @@ def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher | N
     return data, teacher, method
 
 
+@threads.counted
 def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: bool = True,
                 on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Distil `cfg.teacher` into `cfg.student`; returns the test report row ({} on ranks other than 0 under torchrun)."""
     distributed.init_from_env(resolve_device(cfg.train.device))
-    apply_threads(cfg.train.threads)
     data, teacher, method = _distill_setup(cfg)
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.num_classes, where="student")

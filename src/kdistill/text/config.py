@@ -21,7 +21,8 @@ class TextTrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch (auto: torch's default)")
+    threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; auto: shared among the kdistill "
+                                           "runs on the machine (kdistill.threads)")
 
     _threads = field_validator("threads")(classmethod(lambda cls, v: TrainConfig._thread_count(v)))
 

@@ -1,4 +1,6 @@
-"""The NaN guard of text runs: a Trainer whose training step stops the run when its loss went non-finite.
+"""What text runs add to the Hugging Face Trainer: the NaN guard, and the thread share of kdistill.threads.
+
+The guard: a Trainer whose training step stops the run when its loss went non-finite.
 
 A non-finite loss ends the run with one `kdistill: error:` line naming the epoch and step, before the
 optimiser applies that step; the Trainer's checkpoints in `state/` are those of the completed epochs,
@@ -11,7 +13,9 @@ import math
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+
+from kdistill import threads
 
 from kdistill.errors import NonFiniteError
 
@@ -28,3 +32,13 @@ class GuardedTrainer(Trainer):
                                 "the run stopped and state/ keeps the checkpoints of the completed epochs: run it again "
                                 "with a smaller train.lr and --overwrite")
         return loss
+
+
+class ThreadShare(TrainerCallback):
+    """`train.threads` for the Trainer: take this run's share of the CPU threads before each epoch."""
+
+    def __init__(self, setting: int | str):
+        self.setting = setting
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        threads.adjust(self.setting)

@@ -19,12 +19,13 @@ import torch
 
 from pydantic import ValidationError
 
-from kdistill.config import apply_overrides, apply_threads, dump_config, format_validation_error, load_config, read_yaml, validate_config
+from kdistill.config import apply_overrides, dump_config, format_validation_error, load_config, read_yaml, validate_config
+from kdistill import threads
 from kdistill.errors import KdistillError
 from kdistill.report import summarize_times, write_report
 from kdistill.ownership import TREE
 from kdistill.rundir import check_out_dir, prepare_run_dir, save_into, write_owned_text
-from kdistill.text.guard import GuardedTrainer
+from kdistill.text.guard import GuardedTrainer, ThreadShare
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextDataConfig, TextSplits, load_text_splits
 
@@ -262,24 +263,26 @@ def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected:
     return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite, state_kind=TREE)  # the Trainer fills state/
 
 
-def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool) -> None:
+def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool,
+            cfg_threads: int | str) -> None:
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     if not progress:  # without progress bars the Trainer prints every log dict instead
         trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
+    trainer.add_callback(ThreadShare(cfg_threads))
     trainer.train(resume_from_checkpoint=last)
     save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
     _write_metrics(trainer, out)
 
 
+@threads.counted
 def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune `cfg.model` (hf:PATH) on the data's labels; returns the test report row."""
     require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
 
-    apply_threads(cfg.train.threads)
     data = load_text_splits(cfg.data)
     source = _hf_path(cfg.model, "model")
     set_seed(cfg.seed)
@@ -290,7 +293,7 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
                       eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
-    _finish(trainer, model, tokenizer, out, resuming, progress)
+    _finish(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
     row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256())
     write_report([row], out / "report.json")
@@ -309,6 +312,7 @@ def build_student(cfg: TextDistillRunConfig, teacher: Any, teacher_tokenizer: An
     return student_from_config(teacher, **spec.from_config), teacher_tokenizer
 
 
+@threads.counted
 def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Distil the teacher (a text run directory or hf:PATH) into the student; returns the test report row."""
     require_text_extra()
@@ -316,7 +320,6 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
 
     from kdistill.text.trainer import CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator
 
-    apply_threads(cfg.train.threads)
     data = load_text_splits(cfg.data)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
     teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
@@ -339,7 +342,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     trainer = DistillationTrainer(model=student, args=_args(cfg, out, len(data.train), progress, distill=True),
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                                   compute_metrics=_accuracy_metric, teacher_model=teacher)
-    _finish(trainer, student, student_tok, out, resuming, progress)
+    _finish(trainer, student, student_tok, out, resuming, progress, cfg.train.threads)
     write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
     row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),
