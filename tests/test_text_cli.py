@@ -238,3 +238,33 @@ def test_a_text_data_set_with_one_class_is_an_error(tmp_path, text_data):
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "1 class (net)" in result.stderr and "at least 2" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("distill, terms", [
+    ({"method": "dkd", "warmup_epochs": 1, "beta": 2.0}, ["ce", "dkd"]),
+    ({"method": "dist"}, ["ce", "dist"]),
+    ({"method": "ls_kd"}, ["ce", "ls_kd"]),
+    ({"method": "kd", "terms": [{"method": "dist", "weight": 0.5}]}, ["ce", "kd", "dist"]),
+], ids=["dkd", "dist", "ls_kd", "kd+dist-term"])
+def test_text_distils_with_the_method_library(text_runs, text_data, tmp_path, distill, terms):
+    """The vision methods that need only logits, with the same config keys, through the Hugging Face path."""
+    cfg = {"task": "text-classification", "name": "m", "data": _data(text_data), "teacher": str(text_runs["teacher"]),
+           "student": {"from_teacher": {"num_layers": 1}}, "distill": distill,
+           "train": {"epochs": 1, "lr": 1e-3, "device": "cpu"}, "out": str(tmp_path / "m")}
+    result = run_cli("distill", str(write_yaml(tmp_path / "m.yaml", cfg)), "-q")
+    assert result.returncode == 0, result.stderr
+    line = json.loads((tmp_path / "m" / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(terms) <= set(line), line  # each term of the method is logged
+    assert line["loss"] == pytest.approx(sum(line[t] for t in terms), rel=1e-4)
+
+
+def test_a_feature_method_on_text_is_one_line(text_runs, text_data, tmp_path):
+    cfg = {"task": "text-classification", "name": "f", "data": _data(text_data), "teacher": str(text_runs["teacher"]),
+           "student": {"from_teacher": {"num_layers": 1}}, "distill": {"method": "at"}, "out": str(tmp_path / "f")}
+    result = run_cli("distill", str(write_yaml(tmp_path / "f.yaml", cfg)))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "method 'at' runs on vision tasks only" in result.stderr and "dkd" in result.stderr
+    bad = {**cfg, "distill": {"method": "dkd", "betta": 1.0}}
+    result = run_cli("distill", str(write_yaml(tmp_path / "b.yaml", bad)))
+    assert result.returncode == 2 and "unknown parameter 'distill.betta'" in result.stderr, result.stderr
+    assert not (tmp_path / "f").exists()

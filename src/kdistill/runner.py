@@ -26,6 +26,7 @@ from kdistill.engine import BEST, check_global_batch, fit, resolve_device, seed_
 from kdistill.errors import KdistillError
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
+from kdistill.methods.base import check_task
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, report_row, write_report
 from kdistill.rundir import check_out_dir, overlaps, prepare_run_dir
@@ -189,6 +190,7 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
 
 def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher | None, Method]:
     method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
+    check_task(method, "vision")
     data = load_dataset(cfg.data)
     if cfg.teacher is None:
         if method.needs_teacher:

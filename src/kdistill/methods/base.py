@@ -36,6 +36,9 @@ class Method(nn.Module):
     reads_teacher_features: ClassVar[bool] = False
     # Why the method cannot run under torchrun (state that each process would update on its own), or None.
     single_process_reason: ClassVar[str | None] = None
+    # The tasks whose models the method can read: "vision" (kdistill's engine: zoo, timm, torchvision models;
+    # feature methods hook their modules) and "text" (Hugging Face classifiers through DistillationTrainer).
+    tasks: ClassVar[tuple[str, ...]] = ("vision",)
 
     def __init__(self, params: MethodParams):
         super().__init__()
@@ -56,6 +59,10 @@ class Method(nn.Module):
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the engine before each epoch (0-based), for warm-ups and schedules of a loss weight."""
+
+    def members(self) -> list["Method"]:
+        """The methods this one is made of (itself; a `distill.terms` combination lists its parts)."""
+        return [self]
 
 
 def label_term(student_logits: torch.Tensor, labels: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
@@ -105,6 +112,15 @@ def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict
             raise KdistillError(f"{where}.weight must be a number >= 0 (got {weight!r})")
         built.append((float(weight), build_method(term["method"], params, where=where)))
     return Combined(main, built)
+
+
+def check_task(method: Method, task: str, where: str = "distill.method") -> None:
+    """One line when `method` (or one of its terms) cannot run on `task`."""
+    for member in method.members():
+        if task not in member.tasks:
+            raise KdistillError(f"{where}: method {member.name!r} runs on {' and '.join(member.tasks)} tasks only "
+                                f"(not {task}); logit methods run on every task: "
+                                + ", ".join(sorted(n for n, c in METHODS.items() if task in c.tasks)))
 
 
 def build_method(name: str, raw_params: dict[str, Any], where: str = "distill") -> Method:

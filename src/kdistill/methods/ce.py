@@ -21,6 +21,7 @@ class CrossEntropy(Method):
     name = "ce"
     Params = CEParams
     needs_teacher = False
+    tasks = ("vision", "text")
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return {"ce": F.cross_entropy(student_logits.float(), batch.labels, label_smoothing=self.params.label_smoothing)}

@@ -27,19 +27,19 @@ class Combined(Method):
         self.single_process_reason = next((m.single_process_reason for m in [main, *(m for _, m in terms)]
                                            if m.single_process_reason), None)
 
-    def _all(self) -> list[Method]:
+    def members(self) -> list[Method]:
         return [self.main, *self.extras]
 
     def bind(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor, num_samples: int = 0) -> None:
-        for method in self._all():
+        for method in self.members():
             method.bind(student, teacher, example, num_samples)
 
     def unbind(self) -> None:
-        for method in self._all():
+        for method in self.members():
             method.unbind()
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
-        for method in self._all():
+        for method in self.members():
             method.start_epoch(epoch, epochs)
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:

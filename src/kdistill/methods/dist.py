@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from kdistill.data.splits import Batch
 from kdistill.losses import dist_loss
-from kdistill.methods.base import Method, MethodParams, label_term, register
+from kdistill.methods.base import MethodParams, register
+from kdistill.methods.logit import LogitMethod
 
 
 class DISTParams(MethodParams):
@@ -19,12 +19,11 @@ class DISTParams(MethodParams):
 
 
 @register
-class DIST(Method):
+class DIST(LogitMethod):
     name = "dist"
     Params = DISTParams
 
-    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
-        terms = label_term(student_logits, batch.labels, p.ce_weight)
-        terms["dist"] = p.weight * dist_loss(student_logits, teacher_logits, p.beta, p.gamma, p.temperature)
-        return terms
+        return {"dist": p.weight * dist_loss(student_logits, teacher_logits, p.beta, p.gamma, p.temperature)}

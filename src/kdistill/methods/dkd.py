@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from kdistill.data.splits import Batch
 from kdistill.losses import dkd_loss
-from kdistill.methods.base import Method, MethodParams, label_term, register
+from kdistill.methods.base import MethodParams, register
+from kdistill.methods.logit import LogitMethod
 
 
 class DKDParams(MethodParams):
@@ -24,7 +24,7 @@ class DKDParams(MethodParams):
 
 
 @register
-class DKD(Method):
+class DKD(LogitMethod):
     name = "dkd"
     Params = DKDParams
 
@@ -36,8 +36,7 @@ class DKD(Method):
         w = self.params.warmup_epochs
         self.ramp = min((epoch + 1) / w, 1.0) if w else 1.0
 
-    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
-        terms = label_term(student_logits, batch.labels, p.ce_weight)
-        terms["dkd"] = self.ramp * dkd_loss(student_logits, teacher_logits, batch.labels, p.alpha, p.beta, p.temperature)
-        return terms
+        return {"dkd": self.ramp * dkd_loss(student_logits, teacher_logits, labels, p.alpha, p.beta, p.temperature)}

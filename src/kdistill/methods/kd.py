@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from kdistill.data.splits import Batch
 from kdistill.losses import kd_loss
-from kdistill.methods.base import Method, MethodParams, label_term, register
+from kdistill.methods.base import MethodParams, register
+from kdistill.methods.logit import LogitMethod
 
 
 class KDParams(MethodParams):
@@ -36,7 +36,7 @@ class KDParams(MethodParams):
 
 
 @register
-class KD(Method):
+class KD(LogitMethod):
     """{"ce": w_hard · CE, "kd": w_soft · [T²·]KL(p_t^T ‖ p_s^T)}."""
 
     name = "kd"
@@ -46,10 +46,13 @@ class KD(Method):
         super().__init__(params)
         self.needs_teacher = params.weights()[1] > 0  # alpha=1 is plain CE: don't pay for teacher passes
 
-    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def ce_weight(self) -> float:
+        return self.params.weights()[0]
+
+    def distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
         hard_w, soft_w = p.weights()
-        terms = label_term(student_logits, batch.labels, hard_w)
-        if soft_w > 0 or not terms:
-            terms["kd"] = soft_w * kd_loss(student_logits, teacher_logits, p.temperature, t_squared=p.t_squared)
-        return terms
+        if soft_w <= 0 and hard_w > 0:
+            return {}
+        return {"kd": soft_w * kd_loss(student_logits, teacher_logits, p.temperature, t_squared=p.t_squared)}

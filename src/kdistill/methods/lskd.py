@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from kdistill.data.splits import Batch
 from kdistill.losses import ls_kd_loss
-from kdistill.methods.base import Method, MethodParams, label_term, register
+from kdistill.methods.base import MethodParams, register
+from kdistill.methods.logit import LogitMethod
 
 
 class LSKDParams(MethodParams):
@@ -20,12 +20,11 @@ class LSKDParams(MethodParams):
 
 
 @register
-class LSKD(Method):
+class LSKD(LogitMethod):
     name = "ls_kd"
     Params = LSKDParams
 
-    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
-        terms = label_term(student_logits, batch.labels, p.ce_weight)
-        terms["ls_kd"] = p.weight * ls_kd_loss(student_logits, teacher_logits, p.temperature)
-        return terms
+        return {"ls_kd": p.weight * ls_kd_loss(student_logits, teacher_logits, p.temperature)}

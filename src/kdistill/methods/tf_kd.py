@@ -16,9 +16,9 @@ import math
 import torch
 from pydantic import Field
 
-from kdistill.data.splits import Batch
 from kdistill.losses import kd_loss
-from kdistill.methods.base import Method, MethodParams, label_term, register
+from kdistill.methods.base import MethodParams, register
+from kdistill.methods.logit import LogitMethod
 
 
 class TFKDParams(MethodParams):
@@ -35,14 +35,16 @@ def virtual_teacher_logits(labels: torch.Tensor, num_classes: int, correct_prob:
 
 
 @register
-class TFKD(Method):
+class TFKD(LogitMethod):
     name = "tf_kd"
     Params = TFKDParams
     needs_teacher = False
 
-    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def ce_weight(self) -> float:
+        return 1.0 - self.params.alpha
+
+    def distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
-        virtual = virtual_teacher_logits(batch.labels, student_logits.shape[-1], p.correct_prob)
-        terms = label_term(student_logits, batch.labels, 1.0 - p.alpha)
-        terms["tf_kd"] = p.alpha * kd_loss(student_logits, virtual, p.temperature)
-        return terms
+        virtual = virtual_teacher_logits(labels, student_logits.shape[-1], p.correct_prob)
+        return {"tf_kd": p.alpha * kd_loss(student_logits, virtual, p.temperature)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kdistill.config import TrainConfig, _RunConfig, _Strict
 from kdistill.text.data import TextDataConfig
@@ -53,14 +53,36 @@ class StudentSpec(_Strict):
         return self
 
 
-class TextDistillSettings(_Strict):
-    """alpha·CE + (1 − alpha)·T²·KL. `cache_teacher_logits`: run the teacher once over the training
-    and validation text before training (exact: the teacher is frozen, in eval mode, and text is not
-    augmented), not in every step."""
+# Hinton KD on text keeps the recipe kdistill's text runs always used (the Hugging Face course's): T 2, alpha 0.5.
+TEXT_KD_DEFAULTS = {"temperature": 2.0, "alpha": 0.5}
 
-    temperature: float = Field(2.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1)
+
+class TextDistillSettings(BaseModel):
+    """The vision `distill:` section's keys, for text: `method` (any method that runs on text: kd, dkd, dist,
+    ls_kd, tf_kd), the method's hyperparameters at the top level or in its own section (`dkd: {beta: 4}`),
+    and `terms`. `cache_teacher_logits`: run the teacher once over the training and validation text before
+    training (exact: the teacher is frozen, in eval mode, and text is not augmented), not in every step."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    method: str = "kd"
+    terms: list[dict[str, Any]] = Field(default_factory=list, description="extra weighted terms: {method, weight, ...}")
     cache_teacher_logits: bool = True
+
+    def method_params(self) -> dict[str, Any]:
+        params = dict(self.model_extra or {})
+        if self.method == "kd":
+            section = params.get("kd") if isinstance(params.get("kd"), dict) else {}
+            params |= {k: v for k, v in TEXT_KD_DEFAULTS.items() if k not in params and k not in section}
+        return params
+
+    def build_method(self) -> Any:
+        """The Method this section describes (validated, and checked to run on text)."""
+        from kdistill.methods import build_distill_method
+        from kdistill.methods.base import check_task
+
+        method = build_distill_method(self.method, self.method_params(), self.terms)
+        check_task(method, "text")
+        return method
 
 
 def _check_hf(value: str) -> str:

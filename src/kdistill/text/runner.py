@@ -141,8 +141,8 @@ def _args(cfg: TextTrainRunConfig | TextDistillRunConfig, out: Path, n_train: in
                   load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
                   logging_strategy="epoch", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
                   disable_tqdm=not progress, dataloader_num_workers=0, save_only_model=False)
-    if distill:
-        return DistillationTrainingArguments(**common, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
+    if distill:  # the loss is the config's method (DistillationTrainer's method=), not these arguments' alpha and T
+        return DistillationTrainingArguments(**common)
     return TrainingArguments(**common)
 
 
@@ -158,8 +158,9 @@ def _write_metrics(trainer: Any, out: Path) -> None:
             continue
         epoch = int(round(entry["epoch"]))
         rec = epochs.setdefault(epoch, {"epoch": epoch})
-        if "loss" in entry:
-            rec.update(loss=entry["loss"], lr=entry.get("learning_rate"))
+        if "loss" in entry:  # and each term of the method (DistillationTrainer logs loss_<term>)
+            rec.update(loss=entry["loss"], lr=entry.get("learning_rate"),
+                       **{k.removeprefix("loss_"): v for k, v in entry.items() if k.startswith("loss_")})
         if "eval_accuracy" in entry:
             rec.update(val_accuracy=entry["eval_accuracy"], val_loss=entry.get("eval_loss"))
         if "train_runtime" in entry:
@@ -320,6 +321,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
 
     from kdistill.text.trainer import CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator
 
+    method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
     data = load_text_splits(cfg.data)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
     teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
@@ -335,13 +337,13 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     else:  # different tokenizers: each model gets its own encoding of the same text
         train_ds, val_ds = data.train, data.val
         collator = TeacherStudentCollator(student_tok, teacher_tok, max_length=cfg.data.max_length)
-    if cfg.distill.cache_teacher_logits:  # one teacher pass per split instead of one per epoch
+    if cfg.distill.cache_teacher_logits and method.needs_teacher:  # one teacher pass per split, not one per epoch
         train_ds = with_teacher_logits(train_ds, data.train, teacher, teacher_tok, cfg.data.max_length, _device(cfg))
         val_ds = with_teacher_logits(val_ds, data.val, teacher, teacher_tok, cfg.data.max_length, _device(cfg))
         collator = CachedLogitsCollator(collator)
     trainer = DistillationTrainer(model=student, args=_args(cfg, out, len(data.train), progress, distill=True),
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-                                  compute_metrics=_accuracy_metric, teacher_model=teacher)
+                                  compute_metrics=_accuracy_metric, teacher_model=teacher, method=method)
     _finish(trainer, student, student_tok, out, resuming, progress, cfg.train.threads)
     write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
     row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,

@@ -1,7 +1,12 @@
-"""`DistillationTrainer`: a `transformers.Trainer` whose loss is kdistill's `distillation_loss`.
+"""`DistillationTrainer`: a `transformers.Trainer` whose loss is one of kdistill's methods.
 
-loss = alpha · CE(student, labels) + (1 − alpha) · T² · KL(softmax(teacher/T) ‖ softmax(student/T))
-(Hinton et al. 2015; the seeds' and the NLP-with-Transformers book's `KnowledgeDistillationTrainer`).
+By default, Hinton KD (Hinton et al. 2015; the seeds' and the NLP-with-Transformers book's
+`KnowledgeDistillationTrainer`), built from the arguments' alpha and temperature:
+loss = alpha · CE(student, labels) + (1 − alpha) · T² · KL(softmax(teacher/T) ‖ softmax(student/T)).
+`method=` takes any method of kdistill's library that runs on text (`build_distill_method("dkd", {...})`,
+DIST, LS-KD, Tf-KD, `distill.terms` combinations): the same objects the vision engine calls. Each
+term's mean over the logged steps is logged beside the loss (`loss_kd`, `loss_ce`, ...), and the method's
+`start_epoch` (DKD's warm-up) is called before every epoch.
 
 - The teacher is moved to the student's device, kept in eval mode, its parameters frozen, and
   run under `torch.inference_mode`: it never trains and never builds a graph.
@@ -21,15 +26,18 @@ loss = alpha · CE(student, labels) + (1 − alpha) · T² · KL(softmax(teacher
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase, TrainingArguments
+from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
 
+from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
-from kdistill.losses import distillation_loss
+from kdistill.methods import Method, build_method
+from kdistill.methods.base import check_task
 from kdistill.text.guard import GuardedTrainer
 
 TEACHER_PREFIX = "teacher_"
@@ -108,15 +116,34 @@ class CachedLogitsCollator:
         return batch
 
 
-class DistillationTrainer(GuardedTrainer):
-    """`Trainer(model=student, args=DistillationTrainingArguments(...), teacher_model=teacher, ...)`."""
+class _MethodEpochs(TrainerCallback):
+    """Calls the method's `start_epoch(epoch, epochs)` before each epoch, as the vision engine does."""
 
-    def __init__(self, *args: Any, teacher_model: nn.Module, **kwargs: Any):
+    def __init__(self, method: Method):
+        self.method = method
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.method.start_epoch(int(state.epoch or 0), math.ceil(args.num_train_epochs))
+
+
+class DistillationTrainer(GuardedTrainer):
+    """`Trainer(model=student, args=DistillationTrainingArguments(...), teacher_model=teacher, method=None, ...)`."""
+
+    def __init__(self, *args: Any, teacher_model: nn.Module, method: Method | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, DistillationTrainingArguments):
             raise KdistillError("DistillationTrainer needs DistillationTrainingArguments (alpha, temperature)")
         check_same_labels(teacher_model.config, self.model.config)
+        self.method = method if method is not None else build_method(
+            "kd", {"alpha": self.args.alpha, "temperature": self.args.temperature})
+        check_task(self.method, "text")
+        if list(self.method.parameters()):
+            raise KdistillError(f"method {self.method.name!r} has trainable parts of its own, which the Trainer's "
+                                "optimiser would not see")
         self.teacher = teacher_model
+        self._term_sums: dict[str, float] = {}
+        self._term_steps = 0
+        self.add_callback(_MethodEpochs(self.method))
         self._freeze_teacher()
 
     def _freeze_teacher(self) -> None:
@@ -143,14 +170,22 @@ class DistillationTrainer(GuardedTrainer):
         student_inputs = {k: v for k, v in inputs.items()
                           if not k.startswith(TEACHER_PREFIX) and k not in ("labels", CACHED_LOGITS)}
         outputs = model(**student_inputs)
+        teacher_logits = None
         if cached is not None:
             teacher_logits = cached.to(outputs.logits.device)
-        else:
+        elif self.method.needs_teacher:
             self._freeze_teacher()
             with torch.inference_mode():
                 teacher_logits = self.teacher(**(teacher_inputs or student_inputs)).logits
             teacher_logits = teacher_logits.clone()  # an ordinary tensor (constant) for the loss's graph
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.args.temperature, self.args.alpha)
+        batch = Batch(student_inputs.get("input_ids"), labels, torch.arange(labels.shape[0]))
+        self.method.train(model.training)
+        terms = self.method(batch, outputs.logits, teacher_logits)
+        loss = sum(terms.values())
+        if model.training:
+            for key, value in terms.items():
+                self._term_sums[key] = self._term_sums.get(key, 0.0) + float(value.detach())
+            self._term_steps += 1
         # Mean over this micro-batch, or (with gradient accumulation) its share of the accumulated batch's mean.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if num_items_in_batch is not None:
@@ -159,3 +194,10 @@ class DistillationTrainer(GuardedTrainer):
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes  # the count is global; DDP averages over processes
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The Trainer's log, plus each loss term's mean over the micro-batches since the last training log."""
+        if "loss" in logs and self._term_steps:
+            logs = {**logs, **{f"loss_{k}": v / self._term_steps for k, v in self._term_sums.items()}}
+            self._term_sums, self._term_steps = {}, 0
+        super().log(logs, *args, **kwargs)
