@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     first = args.seeds[0]
     deploy = None
     if not args.no_compare:
-        from kdistill.compare import compare_runs, markdown_table
-        from kdistill.export import export_run
+        from kdistill import tasks
+        from kdistill.compare import markdown_table
 
         distilled_dir = work / f"distilled-seed{first}"
-        export_run(distilled_dir, fmt="onnx", quantize="int8", overwrite=True)
-        export_run(distilled_dir, fmt="torch", quantize="int8", overwrite=True)
-        deploy = compare_runs([teacher_dir, work / f"alone-seed{first}", distilled_dir], out=work / "compare", overwrite=True)
+        tasks.export(distilled_dir, fmt="onnx", quantize="int8", overwrite=True)
+        tasks.export(distilled_dir, fmt="torch", quantize="int8", overwrite=True)
+        deploy = tasks.compare([teacher_dir, work / f"alone-seed{first}", distilled_dir], out=work / "compare", overwrite=True)
         timed = {r["label"]: r for r in deploy["rows"]}
         # Every seed of a row has the same architecture, so the same speed: the interleaved numbers stand for all.
         for runs, name in (([teacher], "teacher"), (rows["student alone"], f"alone-seed{first}"),

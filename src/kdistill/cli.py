@@ -119,9 +119,10 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from kdistill.compare import compare_runs, markdown_table
+    from kdistill import tasks
+    from kdistill.compare import markdown_table
 
-    result = compare_runs(args.runs, out=args.out, split=args.split, repeats=args.repeats, threads=args.threads,
+    result = tasks.compare(args.runs, out=args.out, split=args.split, repeats=args.repeats, threads=args.threads,
                           teacher=args.teacher, overwrite=args.overwrite, data_overrides=_parse_pairs(args.data),
                           plots=not args.no_plots)
     print(markdown_table(result))
@@ -129,36 +130,22 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from kdistill.export import export_run
+    from kdistill import tasks
 
     if args.calibration < 1:
         raise KdistillError(f"--calibration {args.calibration}: must be at least 1")
-    record = export_run(args.run_dir, fmt=args.fmt, quantize=args.quantize, calibration=args.calibration,
+    record = tasks.export(args.run_dir, fmt=args.fmt, quantize=args.quantize, calibration=args.calibration,
                         opset=args.opset, overwrite=args.overwrite, data_overrides=_parse_pairs(args.data))
     print(f"export record: {args.run_dir}/export/export.json ({len(record['variants'])} variant(s))")
 
 
 def _cmd_train_or_distill(args: argparse.Namespace) -> None:
-    from kdistill.config import DistillRunConfig, TrainRunConfig, load_config
+    from kdistill import tasks
     from kdistill.report import format_table
-    from kdistill.runner import run_distill, run_train
-
-    from kdistill.text.runner import is_text_config
 
     t0 = time.perf_counter()
-    if is_text_config(args.config, args.overrides):  # task: text-classification (Hugging Face models)
-        from kdistill.text.runner import load_text_config, run_text_distill, run_text_train
-
-        cfg = load_text_config(args.config, args.overrides, distill=args.command == "distill")
-        run = run_text_train if args.command == "train" else run_text_distill
-        row = run(cfg, overwrite=args.overwrite, progress=not args.quiet)
-        print(format_table([row]))
-        print(f"run directory: {cfg.out_dir()}  ({time.perf_counter() - t0:.1f} s)")
-        return
-    kind = TrainRunConfig if args.command == "train" else DistillRunConfig
-    cfg = load_config(args.config, args.overrides, kind)
-    run = run_train if args.command == "train" else run_distill
-    row = run(cfg, overwrite=args.overwrite, progress=not args.quiet)
+    task, cfg = tasks.load(args.config, args.overrides, args.command)
+    row = task.run(args.command, cfg, overwrite=args.overwrite, progress=not args.quiet)
     if not row:  # a process other than rank 0 under torchrun: rank 0 reports
         return
     print(format_table([row]))
@@ -175,15 +162,11 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from kdistill import tasks
     from kdistill.report import format_table
-    from kdistill.runner import evaluate_run
 
-    from kdistill.text.runner import evaluate_text_run, is_text_run
-
-    if is_text_run(args.run_dir):
-        row = evaluate_text_run(args.run_dir, split=args.split, data_overrides=_parse_pairs(args.data))
-    else:
-        row = evaluate_run(args.run_dir, split=args.split, data_overrides=_parse_pairs(args.data))
+    run_dir = Path(args.run_dir)
+    row = tasks.for_run(run_dir).evaluate(run_dir, args.split, _parse_pairs(args.data))
     print(format_table([row]))
 
 

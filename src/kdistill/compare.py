@@ -109,48 +109,15 @@ def _time_interleaved(rows: list[Row], inputs: list[Batch], repeats: int, warmup
     return times
 
 
-@dataclass
-class _LoadedRun:
-    cfg: Any
-    dataset: str
-    model: torch.nn.Module
-    samples: TensorSamples | TextSamples
-    shared: Any  # vision data splits, reused for the next run of the same data set
-
-
-def _load_run(run_dir: Path, split: str, data_overrides: dict[str, Any] | None, shared: Any) -> _LoadedRun:
-    """A finished run's model and its `split` in the form the model takes (images, or its tokenizer's encoding)."""
-    from kdistill.runner import load_finished_run
-    from kdistill.text.runner import is_text_run
-
-    if is_text_run(run_dir):
-        from kdistill.text.deploy import text_samples
-        from kdistill.text.runner import load_finished_text_run
-
-        cfg, data, model, tokenizer = load_finished_text_run(run_dir, "compare it", data_overrides)
-        return _LoadedRun(cfg, data.name, model, text_samples(data, split, tokenizer, cfg.data.max_length), shared)
-    cfg, data, model = load_finished_run(run_dir, data_overrides, "compare it", data=shared)
-    part = data.split(split)
-    return _LoadedRun(cfg, data.name, model, TensorSamples(part.inputs, part.labels), data)
-
-
-def _run_role(run_dir: Path) -> str:
-    from kdistill.runner import read_run_config
-    from kdistill.text.runner import is_text_run
-
-    if is_text_run(run_dir):
-        from kdistill.config import read_yaml
-
-        raw = read_yaml(run_dir / "config.yaml")
-        return "distilled" if "student" in raw else str(raw.get("role", "teacher"))
-    return _role(read_run_config(run_dir))
-
-
-def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", split: str = "test", repeats: int = 50,
+def compare_runs(paths: list[str | Path], *, open_run: Callable[..., Any], role_of: Callable[[Path], str],
+                 out: str | Path = "runs/compare", split: str = "test", repeats: int = 50,
                  threads: int | None = None, teacher: str | None = None, overwrite: bool = False,
                  data_overrides: dict[str, Any] | None = None, plots: bool = True,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every run (and its exported variants) the same way; write the table, the page and the plots."""
+    """Measure every run (and its exported variants) the same way; write the table, the page and the plots.
+
+    `open_run(run_dir, split, then, data_overrides, shared)` and `role_of(run_dir)` come from each run's task
+    (kdistill.tasks.compare passes them), so a comparison can hold runs of any task that give logits."""
     if repeats < 3:
         raise KdistillError(f"--repeats {repeats}: need at least 3 timed passes per model")
     if threads is not None:
@@ -165,8 +132,8 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
         if not is_run_dir(teacher_dir):
             raise KdistillError(f"--teacher {teacher}: not a kdistill run directory")
         runs = [teacher_dir] + [r for r in runs if r.resolve() != teacher_dir.resolve()]
-    elif any(_run_role(r) == "teacher" for r in runs):
-        runs.sort(key=lambda r: _run_role(r) != "teacher")  # teachers first (a stable sort)
+    elif any(role_of(r) == "teacher" for r in runs):
+        runs.sort(key=lambda r: role_of(r) != "teacher")  # teachers first (a stable sort)
     else:  # no teacher among the runs: bring in the one the distilled runs learned from, if they share one
         recorded = {json.dumps(rec["path"]) for r in runs if (rec := recorded_teacher(r))}
         path = json.loads(recorded.pop()) if len(recorded) == 1 else None
@@ -179,18 +146,18 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
 
     rows: list[Row] = []
     shared = None
-    first: _LoadedRun | None = None
+    first: Any = None  # the first run opened (kdistill.tasks.OpenedRun)
     curves: dict[str, list[dict[str, Any]]] = {}
     skipped: list[str] = []
     for run_dir, name in zip(runs, _run_names(runs)):
-        loaded = _load_run(run_dir, split, data_overrides, shared)
+        loaded = open_run(run_dir, split, "compare it", data_overrides, shared)
         shared = loaded.shared
         if first is None:
             first = loaded
         elif loaded.dataset != first.dataset or not torch.equal(loaded.samples.labels, first.samples.labels):
             raise KdistillError(f"{run_dir} was trained on {loaded.dataset!r} ({len(loaded.samples)} {split} samples), "
                                 f"{runs[0]} on {first.dataset!r} ({len(first.samples)}); compare runs of one data set")
-        role = _role(loaded.cfg)
+        role = loaded.role
         model, params = loaded.model, count_params(loaded.model)
         rows.append(Row(name, run_dir, role, "pytorch", Predictor(name, "pytorch", run_dir / "model.safetensors", torch_runner(model)),
                         params, loaded.samples))
@@ -253,11 +220,6 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "runs/compare", s
               "command": "kdistill compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else None}
     _write_outputs(result, curves, out, plots, log)
     return result
-
-
-def _role(cfg: Any) -> str:
-    """teacher | student for `train` runs (their `role`), distilled for `distill` runs (vision or text configs)."""
-    return getattr(cfg, "role", None) if not hasattr(cfg, "student") else "distilled"
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kdistill import distributed, threads
-from kdistill.checkpoint import (BEST, CHECKPOINT, LAST, METRICS, NONFINITE, claim_run_files, commit_epoch, completed_metrics,
+from kdistill.checkpoint import (CHECKPOINT, METRICS, NONFINITE, claim_run_files, commit_epoch, completed_metrics,
                                  nonfinite_terms, read_checkpoint, restore, rng_state, set_rng_state, stop_nonfinite)
 from kdistill.config import TrainConfig
 from kdistill.data.splits import Batch, DataSplits, iterate_batches

@@ -376,36 +376,22 @@ class ExportSource:
     symbolic_shapes: bool = True  # ONNX Runtime's symbolic shape inference before quantising (not for transformers)
 
 
-def _vision_source(run_dir: Path, data_overrides: dict[str, Any] | None, verify_split: str) -> ExportSource:
-    from kdistill.runner import load_finished_run
-
-    _cfg, data, model = load_finished_run(run_dir, data_overrides, "export it")
-    part = data.split(verify_split)
-    return ExportSource(model=model, onnx_model=model, val=TensorSamples(part.inputs, part.labels),
-                        example=(part.inputs[:2].contiguous(),), input_names=["input"],
-                        dynamic_shapes=({0: torch.export.Dim("batch")},), image_inputs=len(data.input_shape) == 3,
-                        calibration=data.train.inputs, record={"dataset": data.name, "input_shape": list(data.input_shape),
-                                                               "classes": data.classes})
-
-
-def export_run(run_dir: str | Path, *, fmt: str = "onnx", quantize: str | None = None, calibration: int = 256,
-               verify_split: str = "val", opset: int = 18, overwrite: bool = False,
-               data_overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """`kdistill export`: write the variants `fmt`/`quantize` ask for, verify each, update export.json; returns it."""
+def check_export_request(fmt: str, quantize: str | None, opset: int) -> None:
+    """What can be refused before any run is loaded: the quantisation, the ONNX packages and the opset."""
     if quantize not in (None, "int8"):
         raise KdistillError(f"--quantize {quantize!r}: only int8 is supported")
-    run_dir = Path(run_dir)
     if fmt == "onnx":
         _require("onnx", "onnxscript", "onnxruntime")
         check_opset(opset)
-    from kdistill.text.runner import is_text_run
 
-    if is_text_run(run_dir):
-        from kdistill.text.deploy import text_export_source
 
-        source = text_export_source(run_dir, verify_split, data_overrides)
-    else:
-        source = _vision_source(run_dir, data_overrides, verify_split)
+def export_run(run_dir: str | Path, source: ExportSource, *, fmt: str = "onnx", quantize: str | None = None,
+               calibration: int = 256, verify_split: str = "val", opset: int = 18, overwrite: bool = False,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`kdistill export`: write the variants `fmt`/`quantize` ask for of the run `source` was opened from (by its
+    task, kdistill.tasks.export), verify each on `source.val`, update export.json; returns it."""
+    check_export_request(fmt, quantize, opset)
+    run_dir = Path(run_dir)
     wanted = variants_for(fmt, quantize, source.image_inputs)
     out = run_dir / EXPORT_DIR
     if out.is_symlink() or (out.exists() and not out.is_dir()):

@@ -22,7 +22,8 @@ from kdistill.config import (DataConfig, DistillRunConfig, TrainRunConfig, dump_
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
-from kdistill.engine import BEST, check_global_batch, fit, resolve_device, seed_everything
+from kdistill.checkpoint import BEST
+from kdistill.engine import check_global_batch, fit, resolve_device, seed_everything
 from kdistill.errors import KdistillError
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method

@@ -19,8 +19,8 @@ import torch
 
 from pydantic import ValidationError
 
-from kdistill.config import apply_overrides, dump_config, format_validation_error, load_config, read_yaml, validate_config
 from kdistill import threads
+from kdistill.config import dump_config, format_validation_error, load_config, read_yaml, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import summarize_times, write_report
 from kdistill.ownership import TREE
@@ -30,11 +30,6 @@ from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextDataConfig, TextSplits, load_text_splits
 
 TASK = "text-classification"
-
-
-def is_text_config(path: str | Path, overrides: list[str]) -> bool:
-    raw = apply_overrides(read_yaml(path), overrides)
-    return raw.get("task") == TASK
 
 
 def load_text_config(path: str | Path, overrides: list[str], distill: bool) -> TextTrainRunConfig | TextDistillRunConfig:

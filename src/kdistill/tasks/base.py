@@ -1,0 +1,76 @@
+"""The task seam: what the CLI, evaluate, export and compare ask of a kind of run instead of testing its kind.
+
+A Task owns its configs (which raw configs it claims, how they load), its runs (train, distill, which run
+directories are its own, opening a finished one with its model and evaluation samples, its report row)
+and its export source. Vision classification and text classification are Tasks; causal language models
+come next on the same seam.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdistill.export import ExportSource
+from kdistill.samples import TensorSamples, TextSamples
+
+
+@dataclass
+class OpenedRun:
+    """A finished run, opened: its config, data set name, model (eval mode, CPU), one split as samples in the
+    form the model takes, its role, and what the next run of the same data set may reuse (`shared`)."""
+
+    cfg: Any
+    dataset: str
+    model: nn.Module
+    samples: TensorSamples | TextSamples
+    role: str
+    shared: Any = None
+
+
+def role_of_config(cfg: Any) -> str:
+    """teacher | student for `train` runs (their `role`), distilled for `distill` runs, whatever the task."""
+    return "distilled" if hasattr(cfg, "student") else str(getattr(cfg, "role", "teacher"))
+
+
+class Task(ABC):
+    """One kind of run."""
+
+    name: str
+
+    @abstractmethod
+    def claims_config(self, raw: dict[str, Any]) -> bool:
+        """Is this raw config (after overrides) one of this task's?"""
+
+    @abstractmethod
+    def claims_run(self, run_dir: Path) -> bool:
+        """Is this run directory one of this task's?"""
+
+    @abstractmethod
+    def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
+        """The validated config of `command` (train | distill)."""
+
+    @abstractmethod
+    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool) -> dict[str, Any]:
+        """Train or distill; the test report row ({} on processes other than rank 0)."""
+
+    @abstractmethod
+    def evaluate(self, run_dir: Path, split: str, data_overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """Re-evaluate a finished run on a split and write its report; the report row."""
+
+    @abstractmethod
+    def open_run(self, run_dir: Path, split: str, then: str, data_overrides: dict[str, Any] | None,
+                 shared: Any = None) -> OpenedRun:
+        """A finished run's model and one split (for compare); `then` says what the user wanted to do."""
+
+    @abstractmethod
+    def role(self, run_dir: Path) -> str:
+        """teacher | student | distilled, read from the run's config."""
+
+    @abstractmethod
+    def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:
+        """A finished run as the exporter takes it (model, verification samples, example inputs, axes)."""

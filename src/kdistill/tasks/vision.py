@@ -1,0 +1,65 @@
+"""Image classification with kdistill's own engine (zoo, timm and torchvision models; every method)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdistill.config import DistillRunConfig, TrainRunConfig, load_config
+from kdistill.export import ExportSource
+from kdistill.rundir import is_run_dir
+from kdistill.samples import TensorSamples
+from kdistill.tasks.base import OpenedRun, Task, role_of_config
+
+
+class VisionTask(Task):
+    """Configs without a `task:` key; run directories whose model.json names a zoo model."""
+
+    name = "vision"
+
+    def claims_config(self, raw: dict[str, Any]) -> bool:
+        return raw.get("task") is None
+
+    def claims_run(self, run_dir: Path) -> bool:
+        from kdistill.text.runner import is_text_run
+
+        return is_run_dir(run_dir) and not is_text_run(run_dir)
+
+    def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
+        return load_config(path, overrides, TrainRunConfig if command == "train" else DistillRunConfig)
+
+    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool) -> dict[str, Any]:
+        from kdistill.runner import run_distill, run_train
+
+        return (run_train if command == "train" else run_distill)(cfg, overwrite=overwrite, progress=progress)
+
+    def evaluate(self, run_dir: Path, split: str, data_overrides: dict[str, Any] | None) -> dict[str, Any]:
+        from kdistill.runner import evaluate_run
+
+        return evaluate_run(run_dir, split=split, data_overrides=data_overrides)
+
+    def open_run(self, run_dir: Path, split: str, then: str, data_overrides: dict[str, Any] | None,
+                 shared: Any = None) -> OpenedRun:
+        from kdistill.runner import load_finished_run
+
+        cfg, data, model = load_finished_run(run_dir, data_overrides, then, data=shared)
+        part = data.split(split)
+        return OpenedRun(cfg, data.name, model, TensorSamples(part.inputs, part.labels), role_of_config(cfg), data)
+
+    def role(self, run_dir: Path) -> str:
+        from kdistill.runner import read_run_config
+
+        return role_of_config(read_run_config(run_dir))
+
+    def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:
+        from kdistill.runner import load_finished_run
+
+        _cfg, data, model = load_finished_run(run_dir, data_overrides, "export it")
+        part = data.split(verify_split)
+        return ExportSource(model=model, onnx_model=model, val=TensorSamples(part.inputs, part.labels),
+                            example=(part.inputs[:2].contiguous(),), input_names=["input"],
+                            dynamic_shapes=({0: torch.export.Dim("batch")},), image_inputs=len(data.input_shape) == 3,
+                            calibration=data.train.inputs,
+                            record={"dataset": data.name, "input_shape": list(data.input_shape), "classes": data.classes})
