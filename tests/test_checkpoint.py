@@ -169,3 +169,23 @@ def test_a_safetensors_failure_during_a_commit_is_one_line(tmp_path, train_confi
     _one_line_error(capsys, "epoch 1 could not be saved", "No space left", "no epoch had been committed")
     metrics = Path(train_config["out"]) / "metrics.jsonl"
     assert not metrics.exists() or metrics.read_text() == ""
+
+
+@pytest.mark.parametrize("tamper, needle", [
+    (lambda c: c.update(epoch=10**6), "do not fit a run of 2 epochs"),
+    (lambda c: c.update(epoch=-5), "do not fit"),
+    (lambda c: c.update(best_val_accuracy=float("nan")), "do not fit"),
+    (lambda c: next(iter(c["optimizer"]["state"].values())).update(exp_avg=torch.zeros(3)), "optimiser state exp_avg"),
+], ids=["epoch-too-large", "epoch-negative", "nan-accuracy", "optimizer-shape"])
+def test_a_tampered_checkpoint_is_one_line(tmp_path, train_config, capsys, tamper, needle):
+    config = write_yaml(tmp_path / "c.yaml", train_config)
+    assert main(["train", str(config), "-q"]) == 0
+    out = Path(train_config["out"])
+    (out / "report.json").unlink()
+    ckpt = torch.load(out / "state/checkpoint.pt", weights_only=True)
+    ckpt["epoch"] = ckpt["best_epoch"] = 1  # as if after epoch 1 of 2
+    tamper(ckpt)
+    torch.save(ckpt, out / "state/checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", str(config), "-q"]) == 2
+    _one_line_error(capsys, needle)

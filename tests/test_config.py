@@ -160,3 +160,23 @@ def test_an_image_folder_with_one_class_is_an_error(tmp_path, train_config, caps
     train_config["data"] = {"name": "imagefolder", "root": str(tmp_path / "img"), "batch_size": 2}
     assert main(["train", str(write_yaml(tmp_path / "c.yaml", train_config)), "-q"]) == 2
     _one_line_error(capsys, "1 class", "at least 2")
+
+
+@pytest.mark.parametrize("text", ["seed: 0x" + "f" * 5000, "seed: 1" + ":59" * 3000],
+                         ids=["hex", "base-60"])
+def test_huge_integers_in_other_bases_are_one_line(tmp_path, capsys, text):
+    path = _write(tmp_path, "name: x\n" + text + "\n")
+    assert main(["train", str(path), "-q"]) == 2
+    _one_line_error(capsys, "too large")
+
+
+def test_a_non_finite_value_under_a_dotted_or_numeric_key_is_one_line(tmp_path, distill_config, capsys):
+    for section, value in (("distill", {"a.b": float("nan")}), ("data", {1: float("nan")})):
+        raw = {**distill_config, section: {**distill_config[section], **value}}
+        assert main(["distill", str(write_yaml(tmp_path / "c.yaml", raw)), "-q"]) == 2
+        _one_line_error(capsys, "must be a finite number")
+
+
+def test_float_widths_are_bounded_too(tmp_path, train_config, capsys):
+    assert main(["train", str(write_yaml(tmp_path / "c.yaml", train_config)), "model.hidden=[1.0e+9]", "-q"]) == 2
+    _one_line_error(capsys, "model.hidden", "limit")

@@ -270,3 +270,88 @@ def test_a_diverging_sweep_trial_is_recorded_and_the_sweep_goes_on(tmp_path, dis
     assert main(["sweep", str(write_yaml(tmp_path / "s.yaml", distill_config))]) == 0
     trials = json.loads((tmp_path / "sw" / "trials.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["diverged", "complete"]
+
+
+# ---------------------------------------------------------------- from the hostile review of the manifests
+
+def test_a_cache_dir_pointing_at_another_run_is_refused_not_emptied(tmp_path, teacher_run, train_config, distill_config,
+                                                                     capsys):
+    other = tmp_path / "other-run"
+    assert main(["train", str(write_yaml(tmp_path / "o.yaml", {**train_config, "out": str(other)})), "-q"]) == 0
+    distill_config["distill"] |= {"teacher_outputs": "cached", "cache": {"dir": str(other)}}
+    before = tree_digest(other)
+    capsys.readouterr()
+    assert main(["cache-teacher", str(write_yaml(tmp_path / "kd.yaml", distill_config)), "-q"]) == 2
+    _one_line_error(capsys, "not a kdistill cache")
+    assert tree_digest(other) == before
+
+
+def test_a_run_of_an_older_kdistill_with_user_files_in_its_folders_is_not_adopted(tmp_path, train_config, capsys):
+    config = write_yaml(tmp_path / "c.yaml", train_config)
+    assert main(["train", str(config), "-q"]) == 0
+    out = Path(train_config["out"])
+    (out / "report.json").unlink()
+    for manifest in out.rglob(MANIFEST):
+        manifest.unlink()
+    (out / "state" / "notes.txt").write_text("mine\n")
+    (out / "export").mkdir()
+    (out / "export" / "mine.onnx").write_bytes(b"mine")
+    before = tree_digest(out)
+    capsys.readouterr()
+    assert main(["train", str(config), "-q"]) == 2  # not adopted: kdistill cannot tell its files from these
+    _one_line_error(capsys, MANIFEST)
+    assert main(["train", str(config), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, MANIFEST)
+    assert tree_digest(out) == before
+
+
+def test_a_user_folder_under_a_name_kdistill_claimed_is_refused(tmp_path, train_config, capsys):
+    config = write_yaml(tmp_path / "c.yaml", train_config)
+    assert main(["train", str(config), "-q"]) == 0
+    out = Path(train_config["out"])
+    (out / "teacher.json").mkdir()  # a train run never writes teacher.json, but the name is recorded
+    (out / "teacher.json" / "keep.txt").write_text("mine\n")
+    (out / "model.safetensors.tmp").mkdir()
+    (out / "model.safetensors.tmp" / "keep.txt").write_text("mine\n")
+    before = tree_digest(out)
+    capsys.readouterr()
+    assert main(["train", str(config), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "did not write", "model.safetensors.tmp")
+    assert tree_digest(out) == before
+
+
+def test_an_atomic_write_never_follows_a_symlink_left_in_place_of_its_temporary_file(tmp_path):
+    from kdistill.rundir import write_owned_text
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine\n")
+    folder = tmp_path / "f"
+    write_owned_text(folder, "a.json", "1\n")
+    (folder / "a.json.tmp").symlink_to(precious)
+    write_owned_text(folder, "a.json", "2\n")
+    assert precious.read_text() == "mine\n" and (folder / "a.json").read_text() == "2\n"
+
+
+def test_export_never_replaces_an_export_json_it_did_not_write(tmp_path, teacher_run, capsys):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    shutil.copytree(teacher_run, run)
+    (run / "export").mkdir()
+    (run / "export" / "export.json").write_text('{"variants": {}, "note": "mine"}\n')
+    before = tree_digest(run / "export")
+    assert main(["export", str(run)]) == 2
+    _one_line_error(capsys, "export.json", "did not write")
+    assert tree_digest(run / "export") == before
+
+
+def test_a_sweep_never_writes_into_a_folder_that_merely_holds_a_study_db(tmp_path, distill_config, capsys):
+    pytest.importorskip("optuna")
+    folder = tmp_path / "my-optuna"
+    folder.mkdir()
+    (folder / "study.db").write_bytes(b"SQLite format 3\x00 the user's own")
+    (folder / "best.yaml").write_text("mine: true\n")
+    before = tree_digest(folder)
+    distill_config["sweep"] = {"trials": 1, "out": str(folder)}
+    assert main(["sweep", str(write_yaml(tmp_path / "s.yaml", distill_config))]) == 2
+    _one_line_error(capsys, "holds no sweep kdistill wrote")
+    assert tree_digest(folder) == before

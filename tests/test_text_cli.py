@@ -268,3 +268,23 @@ def test_a_feature_method_on_text_is_one_line(text_runs, text_data, tmp_path):
     result = run_cli("distill", str(write_yaml(tmp_path / "b.yaml", bad)))
     assert result.returncode == 2 and "unknown parameter 'distill.betta'" in result.stderr, result.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_overwrite_refuses_a_user_file_in_a_text_runs_state(text_runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "student"
+    shutil.copytree(text_runs["student"], run)
+    assert (run / "state" / "kdistill-manifest.json").is_file()  # the Trainer's checkpoints are recorded
+    (run / "state" / "notes.txt").write_text("mine\n")
+    before = tree_digest(run)
+    cfg = {**yaml_load(text_runs["student_config"]), "out": str(run)}
+    result = run_cli("distill", str(write_yaml(tmp_path / "s.yaml", cfg)), "--overwrite", "-q")
+    assert result.returncode == 2 and "state/notes.txt" in result.stderr, result.stderr
+    assert tree_digest(run) == before
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())

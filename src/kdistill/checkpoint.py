@@ -23,7 +23,7 @@ from torch import nn
 
 from kdistill.errors import KdistillError, NonFiniteError
 from kdistill.models import save_weights
-from kdistill.ownership import FOLDER, Owned
+from kdistill.ownership import FOLDER, Owned, fresh_tmp
 
 CHECKPOINT = "state/checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -75,8 +75,9 @@ def load_torch_file(path: Path, what: str) -> Any:
         raise KdistillError(f"{path}: corrupt {what} ({first})") from None
 
 
-def read_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at `path` (None when there is none), its structure checked; a bad one is a KdistillError."""
+def read_checkpoint(path: Path, epochs: int | None = None) -> dict | None:
+    """The checkpoint at `path` (None when there is none), its structure checked (and its epoch within the run's
+    `epochs`); a bad one is a KdistillError."""
     if not path.exists():
         return None
     fix = "delete the run directory or pass --overwrite to start over"
@@ -87,6 +88,10 @@ def read_checkpoint(path: Path) -> dict | None:
         if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
             raise KdistillError(f"{path}: corrupt resume checkpoint ('{key}' is missing or not a "
                                 f"{getattr(kind, '__name__', 'number')}); {fix}")
+    epoch, best = ckpt["epoch"], ckpt["best_epoch"]
+    if not (0 <= best <= epoch and (epochs is None or epoch <= epochs)) or not -1.0 <= ckpt["best_val_accuracy"] <= 1.0:
+        raise KdistillError(f"{path}: corrupt resume checkpoint (epoch {epoch}, best epoch {best}, best accuracy "
+                            f"{ckpt['best_val_accuracy']} do not fit a run of {epochs} epochs); {fix}")
     return ckpt
 
 
@@ -122,6 +127,13 @@ def restore(ckpt: dict, path: Path, student: nn.Module, method: nn.Module, optim
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise KdistillError(f"{path}: the resume checkpoint does not fit this run ({first}); "
                             "delete the run directory or pass --overwrite to start over") from None
+    for group in optimizer.param_groups:  # the optimiser's moments must have the shapes of its parameters
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise KdistillError(f"{path}: the checkpoint's optimiser state {key} has shape {tuple(value.shape)} "
+                                        f"for a parameter of shape {tuple(param.shape)}; delete the run directory or "
+                                        "pass --overwrite to start over")
     scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["initial_lr"], group["weight_decay"] = lr, weight_decay
@@ -143,7 +155,7 @@ def commit_epoch(run_dir: Path, record: dict, student: nn.Module, improved: bool
     When the disk refuses (full, read-only), the metrics line is taken back and the old checkpoint stays,
     so the directory still describes the last committed epoch; the error is one line."""
     metrics, ckpt_path = run_dir / METRICS, run_dir / CHECKPOINT
-    tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+    tmp = fresh_tmp(ckpt_path)
     size = metrics.stat().st_size if metrics.exists() else 0
     try:
         save_weights(student, run_dir / LAST)

@@ -244,8 +244,13 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+MAX_INT_BITS = 14_000  # about 4,300 decimal digits: hex and base-60 integers skip Python's decimal digit limit
+
+
 def _expanded_nodes(value: Any, memo: dict[int, int], depth: int = 0) -> int:
     """How many values `value` holds once every alias is expanded (computed on the shared graph, not by expanding)."""
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise KdistillError("an integer too large to be a setting")
     if not isinstance(value, (dict, list)):
         return 1
     if id(value) in memo:
@@ -278,7 +283,11 @@ def parse_yaml(text: str, source: str) -> Any:
         raise KdistillError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an integer past Python's digit limit
         raise KdistillError(f"{source}: a value cannot be read ({str(exc).splitlines()[0][:120]})") from None
-    if _expanded_nodes(loaded, {}) > MAX_YAML_NODES:
+    try:
+        size = _expanded_nodes(loaded, {})
+    except KdistillError as exc:
+        raise KdistillError(f"{source}: {exc}") from None
+    if size > MAX_YAML_NODES:
         raise KdistillError(f"{source}: expands to more than {MAX_YAML_NODES} values (aliases repeated inside "
                             "aliases?); a config is a small YAML file")
     return loaded
@@ -341,10 +350,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def _non_finite(value: Any, where: str) -> str | None:
-    """The dotted key of the first non-finite float (inf, nan, 1e400) anywhere in a raw config, or None."""
+def _non_finite(value: Any, where: str) -> tuple[str, float] | None:
+    """The dotted key and value of the first non-finite float (inf, nan, 1e400) anywhere in a raw config, or None."""
     if isinstance(value, float) and not math.isfinite(value):
-        return where or "config"
+        return where or "config", value
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, child in items:
         found = _non_finite(child, f"{where}.{key}" if where else str(key))
@@ -388,17 +397,11 @@ def validate_config(raw: dict[str, Any], kind: type[_RunConfig], source: str = "
         raise KdistillError(f"{source}: this is a train config (it has 'model'); run `kdistill train`")
     bad = _non_finite(raw, "")
     if bad:
-        raise KdistillError(f"{source}: {bad}: must be a finite number (got {_lookup(raw, bad)!r})")
+        raise KdistillError(f"{source}: {bad[0]}: must be a finite number (got {bad[1]!r})")
     try:
         return kind.model_validate(raw)
     except ValidationError as exc:
         raise KdistillError(format_validation_error(exc, source)) from None
-
-
-def _lookup(raw: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        raw = raw[int(part)] if isinstance(raw, list) else raw[part]
-    return raw
 
 
 def dump_config(config: BaseModel) -> str:

@@ -158,7 +158,8 @@ def fit(
     factor = lr_factor(cfg, steps_per_epoch)
     # Rank 0 reads the checkpoint and hands it to every process: they resume (or start) together,
     # even on nodes that do not share rank 0's disk.
-    ckpt = ctx.broadcast_object(ctx.on_main(lambda: read_checkpoint(ckpt_path))) if ctx.active else read_checkpoint(ckpt_path)
+    ckpt = ctx.broadcast_object(ctx.on_main(lambda: read_checkpoint(ckpt_path, cfg.epochs))) if ctx.active \
+        else read_checkpoint(ckpt_path, cfg.epochs)
     if ckpt is not None:
         restore(ckpt, ckpt_path, student, method, optimizer, scheduler, cfg.lr, cfg.weight_decay, factor)
         start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_val_accuracy"], ckpt["best_epoch"]

@@ -407,7 +407,8 @@ def export_run(run_dir: str | Path, source: ExportSource, *, fmt: str = "onnx", 
     reference = Predictor(run_dir.name, "pytorch", run_dir / "model.safetensors", torch_runner(model)).predict(source.val)
     labels = source.val.labels
     owned = Owned(out)
-    clash = [VARIANT_FILES[v] for v in existing if VARIANT_FILES[v] in owned.foreign()]
+    clash = [name for name in [VARIANT_FILES[v] for v in existing] + [EXPORT_JSON]
+             if (out / name).exists() and name in owned.foreign()]
     if clash:  # never replace a file kdistill did not write (a user's, or an export of a kdistill without manifests)
         raise KdistillError(f"{out} holds {', '.join(clash)}, which kdistill did not write (not in its {MANIFEST}); "
                             "move it away and export again")

@@ -97,9 +97,18 @@ class Owned:
                 else:
                     entries[name] = kind
             text = json.dumps({"format": _FORMAT, "entries": dict(sorted(entries.items()))}, indent=1) + "\n"
-            tmp = self.root / (MANIFEST + ".tmp")
+            tmp = fresh_tmp(self.root / MANIFEST)
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(self.root / MANIFEST)
+
+
+def fresh_tmp(path: Path) -> Path:
+    """`NAME.tmp` beside `path`, for an atomic write: a stale one (a file, or a symlink, which is never followed)
+    left by a crash is removed first, so the write cannot land in a file the link points to."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    return tmp
 
 
 @contextmanager
@@ -133,9 +142,10 @@ def _foreign(root: Path, prefix: str) -> list[str]:
     for child in children:
         kind = _kind_of(entries, child.name) if entries is not None else None
         rel = prefix + child.name
-        if kind is None:
-            found.append(rel)
-        elif kind == FOLDER and child.is_dir() and not child.is_symlink():
+        is_dir = child.is_dir() and not child.is_symlink()
+        if kind is None or (not child.is_symlink() and (kind == FILE) == is_dir):
+            found.append(rel)  # unrecorded, or not what was recorded (a folder of the user's under a file's name)
+        elif kind == FOLDER and is_dir:
             found += _foreign(child, rel + "/")
     return found
 
@@ -164,18 +174,4 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
-
-
-def adopt(root: Path, names: set[str]) -> bool:
-    """Give a folder written by a kdistill older than the manifest one, when its entries are exactly kdistill's
-    names (`names`); returns whether it did. Only for a run that is being resumed with its identical config."""
-    owned = Owned(root)
-    if owned.is_owned():
-        return True
-    present = {p.name for p in root.iterdir()}
-    if not present <= names:
-        return False
-    for name in sorted(present):
-        owned.claim(name, kind=TREE if (root / name).is_dir() else FILE)
     return True

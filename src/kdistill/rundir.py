@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from kdistill.errors import KdistillError
-from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, adopt
+from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, fresh_tmp
 
 RUN_MARKERS = ("config.yaml", "model.json")
 # What a train/distill run claims in its manifest when the directory is created (kdistill.ownership), before
@@ -29,11 +30,37 @@ RUN_MARKERS = ("config.yaml", "model.json")
 RUN_FILES = ("config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
              "report.json")
 RUN_FOLDERS = ("export", "teacher-cache")
-# The names a run directory of a kdistill older than the manifest could hold (adopted only to resume it).
-LEGACY_RUN_FILES = {*RUN_FILES, *RUN_FOLDERS, "state", "report-val.json", "report-train.json", "report-test.json",
+# The files a run directory of a kdistill older than the manifest could hold at its top (adopted only to resume it).
+LEGACY_RUN_FILES = {*RUN_FILES, "report-val.json", "report-train.json", "report-test.json",
                     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
                     "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja"}
+
+
+def _adopt_legacy_run(out: Path) -> bool:
+    """Give a run directory of a kdistill older than the manifest its manifests, when everything in it is what such
+    a run held: kdistill's top-level files and a `state/` of the engine's checkpoint or the Trainer's checkpoint-N
+    folders. Only for a run resumed with its byte-identical config; anything else leaves it unowned (refused)."""
+    top = {p.name: p for p in out.iterdir()}
+    state = top.pop("state", None)
+    if any(name not in LEGACY_RUN_FILES or path.is_dir() or path.is_symlink() for name, path in top.items()):
+        return False
+    if state is not None:
+        if not state.is_dir() or state.is_symlink():
+            return False
+        inner = {p.name: p for p in state.iterdir()}
+        engine = {"checkpoint.pt", "checkpoint.pt.tmp"}
+        for name, path in inner.items():
+            ok = (name in engine and path.is_file()) or (re.fullmatch(r"checkpoint-\d+", name) and path.is_dir())
+            if not ok or path.is_symlink():
+                return False
+    owned = Owned(out)
+    owned.claim(*top)
+    if state is not None:
+        owned.claim("state", kind=FOLDER)
+        for name, path in inner.items():
+            Owned(state).claim(name, kind=TREE if path.is_dir() else FILE)
+    return True
 
 
 def is_run_dir(path: Path) -> bool:
@@ -42,14 +69,19 @@ def is_run_dir(path: Path) -> bool:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write through `NAME.tmp` and rename, so a reader never sees half a file (claim NAME first in an owned folder)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = fresh_tmp(path)
     tmp.write_text(text)
     tmp.replace(path)
 
 
 def write_owned_text(folder: Path, name: str, text: str) -> Path:
-    """Claim `name` in `folder`'s manifest, then write it atomically."""
-    path = Owned(folder).path(name)
+    """Claim `name` in `folder`'s manifest, then write it atomically. A folder that holds files but no manifest
+    (a run of an older kdistill, say) is written into without one: kdistill never starts a manifest there,
+    which would claim the folder while listing one file of it."""
+    owned = Owned(folder)
+    if owned.is_owned() or not folder.exists() or not any(folder.iterdir()):
+        owned.claim(name)
+    path = folder / name
     write_text_atomic(path, text)
     return path
 
@@ -123,13 +155,12 @@ def save_into(folder: Path, save: Callable[[Path], None]) -> None:
     owned.release(".saving")
 
 
-def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, overwrite: bool,
-                    state_kind: str = FOLDER) -> bool:
+def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, overwrite: bool) -> bool:
     """Make `out` ready for this run; returns True when it resumes an unfinished run.
 
     `--overwrite` removes exactly the paths the run's manifest records, and refuses when anything else is
-    there. `state_kind`: FOLDER when kdistill lists what it writes in `state/` (the vision engine), TREE
-    when another library fills it (the Hugging Face Trainer's checkpoints)."""
+    there. `state/` is a folder with a manifest of its own: the engine's checkpoint, or the Trainer's
+    checkpoint-N folders (recorded as each is saved, kdistill.text.guard)."""
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise KdistillError(f"out: {out} exists and is not a directory")
@@ -147,13 +178,13 @@ def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, 
             elif finished:
                 raise KdistillError(f"out: {out} already holds a finished run; pass --overwrite to replace it or set out=<another dir>")
             elif same_config or _resumable_after_nonfinite(out, config_yaml):
-                if not owned.is_owned() and not adopt(out, LEGACY_RUN_FILES):
+                if not owned.is_owned() and not _adopt_legacy_run(out):
                     raise KdistillError(_not_owned_message(out))
                 owned.check_removable("out")
                 write_owned_text(out, "model.json", json.dumps(model_json, indent=2) + "\n")
                 if not same_config:
                     write_owned_text(out, "config.yaml", config_yaml)
-                owned.claim("state", kind=owned.entries().get("state", state_kind))
+                owned.claim("state", kind=FOLDER)
                 (out / "state").mkdir(exist_ok=True)
                 return True
             else:
@@ -163,7 +194,7 @@ def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, 
                 )
         owned.claim(*RUN_FILES)
         owned.claim(*RUN_FOLDERS, kind=FOLDER)
-        owned.claim("state", kind=state_kind)
+        owned.claim("state", kind=FOLDER)
         (out / "state").mkdir(exist_ok=True)
         write_owned_text(out, "model.json", json.dumps(model_json, indent=2) + "\n")
         write_owned_text(out, "config.yaml", config_yaml)  # written last: it is what marks the directory a run

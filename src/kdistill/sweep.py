@@ -38,7 +38,8 @@ from pydantic import ValidationError
 from kdistill.config import (DistillConfig, DistillRunConfig, SweepConfig, apply_overrides, format_validation_error, read_yaml,
                              validate_config)
 from kdistill.errors import KdistillError, NonFiniteError
-from kdistill.ownership import FOLDER, Owned, pid_alive
+from kdistill.rundir import write_text_atomic
+from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
 
 STUDY = "kdistill-sweep"
 # What a sweep writes at the top of its folder (recorded in its manifest, kdistill.ownership), besides trial-NNN runs.
@@ -139,8 +140,10 @@ def _lock(directory: Path) -> Path:
 def _prepare_dir(directory: Path) -> None:
     if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
         raise KdistillError(f"sweep.out: {directory} exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()) and not (directory / "study.db").is_file():
-        raise KdistillError(f"sweep.out: {directory} is not empty and holds no sweep; choose another sweep.out")
+    if directory.is_dir() and any(directory.iterdir()) and not (
+            (directory / "study.db").is_file() and Owned(directory).is_owned()):
+        raise KdistillError(f"sweep.out: {directory} is not empty and holds no sweep kdistill wrote (no study.db and "
+                            f"{MANIFEST}); choose another sweep.out")
     Owned(directory).claim(*OUTPUTS)
 
 
@@ -285,10 +288,10 @@ def _write_summary(study: Any, raw: dict[str, Any], directory: Path, config_path
     best_raw = apply_overrides(raw, _to_override_list(best["overrides"]) + [f"out={directory / 'best'}"])
     summary = {"config": str(config_path), "study": str(directory / "study.db"), "objective": "best validation accuracy",
                "best": best, "trials": rows}
-    (directory / "best.yaml").write_text(
+    write_text_atomic(directory / "best.yaml",
         f"# kdistill sweep: trial {best['trial']} of {len(rows)}, validation accuracy {100 * best['val_accuracy']:.2f}%.\n"
         f"# Reproduce: kdistill distill {directory / 'best.yaml'}\n" + yaml.safe_dump(best_raw, sort_keys=False))
-    (directory / "trials.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(directory / "trials.json", json.dumps(summary, indent=2) + "\n")
     lines = [f"# Sweep of {config_path} ({len(rows)} trials, objective: best validation accuracy)", "",
              "| trial | state | values | val accuracy | epochs | test accuracy | seconds |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -(r["val_accuracy"] or -1)):
@@ -299,5 +302,5 @@ def _write_summary(study: Any, raw: dict[str, Any], directory: Path, config_path
         lines.append(f"| {r['trial']}{mark} | {r['state']} | {_describe(r['overrides'])} | {val} | {r['epochs'] or '-'} | {test} | {secs} |")
     lines += ["", f"Best: trial {best['trial']}, {_describe(best['overrides'])}; config in {directory / 'best.yaml'}. "
               "Trials are chosen on validation accuracy; test accuracy is shown, never used to choose."]
-    (directory / "trials.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(directory / "trials.md", "\n".join(lines) + "\n")
     return summary

@@ -195,8 +195,10 @@ def _check_replaceable(path: Path, rebuild: bool = False) -> None:
         except OSError as exc:
             raise KdistillError(f"teacher cache {path}: cannot read it ({exc.strerror or exc})") from None
         owned = Owned(path)
-        legacy = {HEADER, "params.npy"} <= entries and entries <= CACHE_FILES  # a cache of a kdistill without manifests
-        if entries and (owned.foreign() if owned.is_owned() else not legacy):
+        recorded = owned.entries()
+        cache = recorded is not None and set(recorded) <= CACHE_FILES and not owned.foreign()  # kdistill's, and a cache
+        legacy = recorded is None and {HEADER, "params.npy"} <= entries <= CACHE_FILES  # a cache of an older kdistill
+        if entries and not (cache or legacy):
             raise KdistillError(f"teacher cache {path} is a folder that holds other files, not a kdistill cache; "
                                 "set distill.cache.dir=<another dir>")
         if entries and rebuild and not owned.is_owned():

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdistill.errors import KdistillError
+from kdistill.ownership import fresh_tmp
 from kdistill.models.cnn import CNN
 from kdistill.models.mlp import MLP
 from kdistill.models.resnet_cifar import resnet8x4, resnet20, resnet32x4, resnet56
@@ -123,7 +124,7 @@ def _check_size_arguments(kwargs: dict[str, Any], where: str) -> None:
             raise KdistillError(f"{where}.{key}: {len(value)} entries; at most {_MAX_LIST}")
         limit = _MAX_REPEAT if any(word in key for word in _REPEAT_ARGS) else _MAX_WIDTH
         for item in values:
-            if isinstance(item, int) and not isinstance(item, bool) and item > limit:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and item > limit:
                 raise KdistillError(f"{where}.{key}: {item} is larger than kdistill's limit of {limit}")
 
 
@@ -134,7 +135,7 @@ def model_spec(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], 
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Write the state dict as safetensors, atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = fresh_tmp(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
     tmp.replace(path)

@@ -1,4 +1,5 @@
-"""What text runs add to the Hugging Face Trainer: the NaN guard, and the thread share of kdistill.threads.
+"""What text runs add to the Hugging Face Trainer: the NaN guard, the thread share of kdistill.threads, and
+the record (kdistill.ownership) of each checkpoint folder the Trainer is about to save in `state/`.
 
 The guard: a Trainer whose training step stops the run when its loss went non-finite.
 
@@ -10,12 +11,14 @@ untouched. (The Trainer clips gradients by default, `max_grad_norm=1`, so a fini
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from kdistill import threads
+from kdistill.ownership import TREE, Owned
 
 from kdistill.errors import NonFiniteError
 
@@ -42,3 +45,12 @@ class ThreadShare(TrainerCallback):
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         threads.adjust(self.setting)
+
+
+class RecordCheckpoints(TrainerCallback):
+    """Record `checkpoint-<step>` in `state/`'s manifest before the Trainer saves it at the end of an epoch,
+    so `--overwrite` removes the Trainer's checkpoints and refuses anything else found in `state/`."""
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save and state.is_world_process_zero:
+            Owned(Path(args.output_dir)).claim(f"checkpoint-{state.global_step}", kind=TREE)

@@ -23,9 +23,8 @@ from kdistill import threads
 from kdistill.config import dump_config, format_validation_error, load_config, read_yaml, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import summarize_times, write_report
-from kdistill.ownership import TREE
 from kdistill.rundir import check_out_dir, prepare_run_dir, save_into, write_owned_text
-from kdistill.text.guard import GuardedTrainer, ThreadShare
+from kdistill.text.guard import GuardedTrainer, RecordCheckpoints, ThreadShare
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextDataConfig, TextSplits, load_text_splits
 
@@ -256,7 +255,7 @@ def evaluate_text_model(model: Any, tokenizer: Any, data: TextSplits, split: str
 def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected: list[Path]) -> bool:
     check_out_dir(out, protected=protected)
     spec = {"task": TASK, "format": "huggingface", "classes": labels}
-    return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite, state_kind=TREE)  # the Trainer fills state/
+    return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
 
 
 def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool,
@@ -268,6 +267,7 @@ def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool,
         trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
     trainer.add_callback(ThreadShare(cfg_threads))
+    trainer.add_callback(RecordCheckpoints())
     trainer.train(resume_from_checkpoint=last)
     save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
     _write_metrics(trainer, out)
