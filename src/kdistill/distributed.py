@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
 
 T = TypeVar("T")
@@ -51,6 +52,21 @@ class Context:
         base, extra = divmod(n, self.world)
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (1 if self.rank < extra else 0))
+
+    def device(self, device: torch.device) -> torch.device:
+        """The device this process trains on: one GPU per process, whatever index the config named."""
+        return torch.device("cuda", self.local_rank) if self.active and device.type == "cuda" else device
+
+    def keep_slice(self, batch: Batch, logits: torch.Tensor | None) -> tuple[Batch, torch.Tensor | None]:
+        """This rank's slice of a global batch (and of its cached teacher logits); the whole batch when alone."""
+        if not self.active:
+            return batch, logits
+        part = self.shard(batch.labels.shape[0])
+        return Batch(batch.inputs[part], batch.labels[part], batch.index[part]), None if logits is None else logits[part]
+
+    def accuracy(self, correct: int, total: int, device: torch.device) -> float:
+        """Correct predictions summed over the ranks, over `total` (the whole split's size)."""
+        return self.sum([correct], device)[0] / total
 
     def broadcast_module(self, module: nn.Module) -> None:
         """Make every rank's parameters and buffers equal to rank 0's."""

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -36,11 +36,66 @@ from kdistill.data.splits import Batch, DataSplits, iterate_batches
 from kdistill.errors import KdistillError
 from kdistill.inference import accuracy, predict_logits
 from kdistill.methods.base import Method
+from kdistill.teacher_source import TeacherSource
 from kdistill.teachers import FrozenTeacher
 
 if TYPE_CHECKING:
     from kdistill.teacher_cache import TeacherCache
 
+
+
+@dataclass
+class EpochPlan:
+    """How an epoch of `n_train` samples splits into batches and optimiser steps."""
+
+    batches: int
+    steps: int
+    drop_last: bool
+
+    @classmethod
+    def of(cls, n_train: int, batch_size: int, world: int, grad_accum: int) -> "EpochPlan":
+        # A last batch with fewer than 2 samples per process would give BatchNorm a lone sample in train mode.
+        drop_last = 0 < n_train % batch_size < 2 * world
+        batches = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+        return cls(batches, math.ceil(batches / grad_accum), drop_last)
+
+    def group_size(self, i: int, grad_accum: int) -> int:
+        """Micro-batches in the accumulation group of batch i (the last group of an epoch may be short)."""
+        return min(grad_accum, self.batches - (i - i % grad_accum))
+
+    def steps_after(self, i: int, grad_accum: int) -> bool:
+        return (i + 1) % grad_accum == 0 or i + 1 == self.batches
+
+
+@dataclass
+class EpochMeter:
+    """Sample-weighted sums of the loss terms and the training accuracy of one epoch (on this process)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    seen: int = 0
+    correct: int = 0
+    shard: dict[str, int] = field(default_factory=lambda: {"samples": 0, "index_sum": 0})
+
+    def add(self, batch: Batch, student_logits: torch.Tensor, values: dict[str, float]) -> None:
+        n = batch.labels.shape[0]
+        self.seen += n
+        self.correct += int((student_logits.detach().argmax(-1) == batch.labels).sum())
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value * n
+        self.shard["samples"] += n
+        self.shard["index_sum"] += int(batch.index.sum())
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.seen for k, v in self.sums.items()}
+
+    def reduce(self, ctx: distributed.Context, device: torch.device) -> list[dict[str, int]] | None:
+        """Sum over the processes (every process then holds the global meter); what each process trained on."""
+        if not ctx.active:
+            return None
+        keys = sorted(self.sums)
+        totals = ctx.sum([self.sums[k] for k in keys] + [self.seen, self.correct], device)
+        self.sums, self.seen, self.correct = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])
+        return ctx.gather(dict(self.shard))
 
 
 @dataclass
@@ -126,53 +181,20 @@ def fit(
     """
     started = time.perf_counter()
     ctx = distributed.current()
-    device = resolve_device(cfg.device)
-    if ctx.active and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)  # one GPU per process, whatever index the config named
-    student.to(device)
-    method.to(device)
-    if teacher is not None:
-        teacher.to(device)
+    device = ctx.device(resolve_device(cfg.device))
+    for module in (student, method, teacher):
+        if module is not None:
+            module.to(device)
     run_dir = Path(run_dir)
     (run_dir / "state").mkdir(parents=True, exist_ok=True)
-    if method.needs_teacher and teacher is None and cache is None:
-        raise ValueError(f"method {method.name!r} needs a teacher")
-    trainable = list(student.parameters()) + list(method.parameters())
-    if teacher is not None:
-        teacher_ids = {id(p) for p in teacher.model.parameters()}
-        if any(id(p) in teacher_ids for p in trainable):
-            raise ValueError("the student shares parameters with the frozen teacher")
-
-    n_train = len(data.train)
+    source = TeacherSource(teacher, cache, augment, method.needs_teacher)
+    trainable = _trainable(student, method, teacher)
     check_global_batch(batch_size, ctx)
-    # A last batch with fewer than 2 samples per process would give BatchNorm a lone sample in train mode.
-    drop_last = 0 < n_train % batch_size < 2 * ctx.world
-    batches_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    plan = EpochPlan.of(len(data.train), batch_size, ctx.world, cfg.grad_accum)
     optimizer = build_optimizer(cfg, trainable)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
-    marker = run_dir / NONFINITE
-
-    start_epoch, best_acc, best_epoch = 0, -1.0, 0
-    ckpt_path = run_dir / CHECKPOINT
-    factor = lr_factor(cfg, steps_per_epoch)
-    # Rank 0 reads the checkpoint and hands it to every process: they resume (or start) together,
-    # even on nodes that do not share rank 0's disk.
-    ckpt = ctx.broadcast_object(ctx.on_main(lambda: read_checkpoint(ckpt_path, cfg.epochs))) if ctx.active \
-        else read_checkpoint(ckpt_path, cfg.epochs)
-    if ckpt is not None:
-        restore(ckpt, ckpt_path, student, method, optimizer, scheduler, cfg.lr, cfg.weight_decay, factor)
-        start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["best_val_accuracy"], ckpt["best_epoch"]
-        ranks = ckpt.get("rng_ranks") or []
-        if ctx.rank > 0 and len(ranks) == ctx.world:
-            set_rng_state(ranks[ctx.rank])  # each process resumes its own dropout stream
-    elif ctx.active:
-        ctx.broadcast_module(student)  # one starting point for every process
-        ctx.broadcast_module(method)
-        torch.manual_seed(seed * 1_000_003 + 7919 * ctx.rank)  # then different dropout masks per process
-    if ctx.is_main:
-        claim_run_files(run_dir)
-        completed_metrics(run_dir / METRICS, start_epoch)
+    factor = lr_factor(cfg, plan.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    start_epoch, best_acc, best_epoch = _resume(ctx, run_dir, cfg, seed, student, method, optimizer, scheduler, factor)
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
     for epoch in range(start_epoch, cfg.epochs):
@@ -182,63 +204,33 @@ def fit(
         method.start_epoch(epoch, cfg.epochs)
         epoch_threads = threads.adjust(cfg.threads)  # this run's share of the cores (kdistill.threads)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        sums: dict[str, float] = {}
-        last_lr = optimizer.param_groups[0]["lr"]
-        seen = correct = 0
-        bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        meter, last_lr = EpochMeter(), optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=plan.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and ctx.is_main else True, unit="batch")
-        shard_sum = shard_count = 0
         optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(iterate_batches(data.train, batch_size, shuffle=True, generator=generator, drop_last=drop_last)):
-            teacher_logits = None
-            if cache is not None:
-                batch, teacher_logits = cache.targets(batch, generator)
-            elif augment is not None:
-                batch = Batch(augment(batch.inputs, generator), batch.labels, batch.index)
+        for i, batch in enumerate(iterate_batches(data.train, batch_size, shuffle=True, generator=generator,
+                                                  drop_last=plan.drop_last)):
+            batch, drawn = source.draw(batch, generator)  # every process draws the same global batch
             global_n = batch.labels.shape[0]
-            if ctx.active:  # every process drew the same global batch (and its augmentation): keep this rank's slice
-                part = ctx.shard(global_n)
-                batch = Batch(batch.inputs[part], batch.labels[part], batch.index[part])
-                teacher_logits = teacher_logits[part] if teacher_logits is not None else None
-                shard_sum += int(batch.index.sum())
-                shard_count += batch.labels.shape[0]
-            if device.type != "cpu":
-                batch = Batch(batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True), batch.index)
-                teacher_logits = teacher_logits.to(device, non_blocking=True) if teacher_logits is not None else None
+            batch, drawn = _to_device(*ctx.keep_slice(batch, drawn), device)
             with autocast():
                 student_logits = student(batch.inputs)
-                if cache is None and method.needs_teacher:
-                    teacher_logits = teacher(batch.inputs)
-                terms = method(batch, student_logits, teacher_logits)
+                terms = method(batch, student_logits, source.logits(batch.inputs, drawn))
             loss = sum(terms.values())
             values = {k: float(v.detach()) for k, v in {"loss": loss, **terms}.items()}
-            if not ctx.active and not math.isfinite(values["loss"]):  # several processes: the gradient check below
+            if not ctx.active and not math.isfinite(values["loss"]):  # several processes: the gradient check
                 raise stop_nonfinite(run_dir, epoch + 1, i + 1, "the loss went non-finite ("
                                      + ", ".join(nonfinite_terms(values)) + ")", cfg.lr)
-            group_start = i - i % cfg.grad_accum  # the last group of an epoch may be short: weight by its real size
             # Each process's mean is scaled by its share of the global batch, so the average over processes
             # (average_gradients) is the gradient of the global batch's mean loss.
             share = batch.labels.shape[0] * ctx.world / global_n
-            (loss * share / min(cfg.grad_accum, batches_per_epoch - group_start)).backward()
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == batches_per_epoch:
-                ctx.average_gradients(trainable)
-                grads = [p.grad for p in trainable if p.grad is not None]
-                norm = float(nn.utils.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip
-                             else nn.utils.get_total_norm(grads))
-                if not math.isfinite(norm):  # the same averaged gradient on every process: all stop together
-                    raise stop_nonfinite(run_dir if ctx.is_main else None, epoch + 1, i + 1,
-                                         f"the gradient norm went non-finite ({norm})", cfg.lr)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                last_lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-            n = batch.labels.shape[0]
-            seen += n
-            correct += int((student_logits.detach().argmax(-1) == batch.labels).sum())
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value * n
+            (loss * share / plan.group_size(i, cfg.grad_accum)).backward()
+            if plan.steps_after(i, cfg.grad_accum):
+                last_lr = _step(ctx, optimizer, scheduler, trainable, cfg, run_dir, epoch, i)
+            meter.add(batch, student_logits, values)
             bar.update(1)
-            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()} | {"samples/s": f"{seen / (time.perf_counter() - t0):.0f}"})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in meter.means().items()}
+                            | {"samples/s": f"{meter.seen / (time.perf_counter() - t0):.0f}"})
         bar.close()
         train_seconds = time.perf_counter() - t0
 
@@ -246,21 +238,11 @@ def fit(
         if ctx.active:
             ctx.broadcast_buffers(student)  # BatchNorm statistics of rank 0, as DDP keeps them
             ctx.broadcast_buffers(method)
-            keys = sorted(sums)
-            totals = ctx.sum([sums[k] for k in keys] + [seen, correct], device)
-            sums, seen, correct = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])
-            part = ctx.shard(len(data.val))  # each process scores its slice of the validation split
-            val_correct = int((predict_logits(student, data.val.inputs[part], eval_batch_size).argmax(-1)
-                               == data.val.labels[part]).sum())
-            val_acc = ctx.sum([val_correct], device)[0] / len(data.val)
-            shards = ctx.gather({"samples": shard_count, "index_sum": shard_sum})
-        else:
-            val_acc = accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
-        record = {"epoch": epoch + 1, "lr": last_lr, **{k: v / seen for k, v in sums.items()},
-                  "train_accuracy": correct / seen, "val_accuracy": val_acc, "seconds": train_seconds,
-                  "samples_per_s": seen / train_seconds, "threads": epoch_threads}
-        if ctx.active:
-            record["processes"] = shards  # what each process trained on this epoch
+        shards = meter.reduce(ctx, device)
+        val_acc = _validation_accuracy(ctx, student, data, eval_batch_size, device)
+        record = {"epoch": epoch + 1, "lr": last_lr, **meter.means(), "train_accuracy": meter.correct / meter.seen,
+                  "val_accuracy": val_acc, "seconds": train_seconds, "samples_per_s": meter.seen / train_seconds,
+                  "threads": epoch_threads, **({"processes": shards} if shards else {})}
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch = val_acc, epoch + 1
@@ -271,13 +253,81 @@ def fit(
                           "student": student.state_dict(), "method": method.state_dict(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "rng": rng_state(), **({"rng_ranks": rng_ranks} if rng_ranks else {})})
-            marker.unlink(missing_ok=True)
+            (run_dir / NONFINITE).unlink(missing_ok=True)
         ctx.barrier()
         if on_epoch_end is not None:
             on_epoch_end(record)
         if progress and ctx.is_main:
-            terms_text = " ".join(f"{k}={v / seen:.4f}" for k, v in sums.items())
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} {terms_text} train_acc={correct / seen:.4f} "
-                       f"val_acc={val_acc:.4f} {seen / train_seconds:.0f} samples/s")
+            terms_text = " ".join(f"{k}={v:.4f}" for k, v in meter.means().items())
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} {terms_text} train_acc={record['train_accuracy']:.4f} "
+                       f"val_acc={val_acc:.4f} {record['samples_per_s']:.0f} samples/s")
     student.eval()
     return FitResult(best_acc, best_epoch, cfg.epochs, start_epoch, time.perf_counter() - started)
+
+
+def _trainable(student: nn.Module, method: Method, teacher: FrozenTeacher | None) -> list[nn.Parameter]:
+    """The student's and the method's parameters (connectors, a DML peer); never the teacher's."""
+    trainable = list(student.parameters()) + list(method.parameters())
+    if teacher is not None:
+        teacher_ids = {id(p) for p in teacher.model.parameters()}
+        if any(id(p) in teacher_ids for p in trainable):
+            raise ValueError("the student shares parameters with the frozen teacher")
+    return trainable
+
+
+def _resume(ctx: distributed.Context, run_dir: Path, cfg: TrainConfig, seed: int, student: nn.Module, method: Method,
+            optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+            factor: Callable[[int], float]) -> tuple[int, float, int]:
+    """Restore the last committed epoch if there is one (rank 0 reads the checkpoint and hands it to every
+    process, even on nodes that do not share its disk); (start epoch, best val accuracy, best epoch)."""
+    path = run_dir / CHECKPOINT
+    ckpt = ctx.broadcast_object(ctx.on_main(lambda: read_checkpoint(path, cfg.epochs))) if ctx.active \
+        else read_checkpoint(path, cfg.epochs)
+    start = (0, -1.0, 0)
+    if ckpt is not None:
+        restore(ckpt, path, student, method, optimizer, scheduler, cfg.lr, cfg.weight_decay, factor)
+        start = (ckpt["epoch"], ckpt["best_val_accuracy"], ckpt["best_epoch"])
+        ranks = ckpt.get("rng_ranks") or []
+        if ctx.rank > 0 and len(ranks) == ctx.world:
+            set_rng_state(ranks[ctx.rank])  # each process resumes its own dropout stream
+    elif ctx.active:
+        ctx.broadcast_module(student)  # one starting point for every process
+        ctx.broadcast_module(method)
+        torch.manual_seed(seed * 1_000_003 + 7919 * ctx.rank)  # then different dropout masks per process
+    if ctx.is_main:
+        claim_run_files(run_dir)
+        completed_metrics(run_dir / METRICS, start[0])
+    return start
+
+
+def _to_device(batch: Batch, logits: torch.Tensor | None, device: torch.device) -> tuple[Batch, torch.Tensor | None]:
+    if device.type == "cpu":
+        return batch, logits
+    moved = Batch(batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True), batch.index)
+    return moved, None if logits is None else logits.to(device, non_blocking=True)
+
+
+def _step(ctx: distributed.Context, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+          trainable: list[nn.Parameter], cfg: TrainConfig, run_dir: Path, epoch: int, i: int) -> float:
+    """Average the gradients over the processes, clip, check them (the NaN guard), step; the step's lr."""
+    ctx.average_gradients(trainable)
+    grads = [p.grad for p in trainable if p.grad is not None]
+    norm = float(nn.utils.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip else nn.utils.get_total_norm(grads))
+    if not math.isfinite(norm):  # the same averaged gradient on every process: all stop together
+        raise stop_nonfinite(run_dir if ctx.is_main else None, epoch + 1, i + 1,
+                             f"the gradient norm went non-finite ({norm})", cfg.lr)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return lr
+
+
+def _validation_accuracy(ctx: distributed.Context, student: nn.Module, data: DataSplits, eval_batch_size: int,
+                         device: torch.device) -> float:
+    """Accuracy on the validation split; with several processes each scores its slice and the counts are summed."""
+    if not ctx.active:
+        return accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
+    part = ctx.shard(len(data.val))
+    correct = int((predict_logits(student, data.val.inputs[part], eval_batch_size).argmax(-1) == data.val.labels[part]).sum())
+    return ctx.accuracy(correct, len(data.val), device)

@@ -1,0 +1,44 @@
+"""Where a training batch's teacher logits come from: the live frozen teacher, the teacher cache, or nowhere.
+
+The engine asks one object, whatever the source: `draw(batch, generator)` on the global batch (the
+augmentation every process draws alike, or the cache's stored view and logits), then `logits(inputs,
+drawn)` on this process's slice, on its device (the live teacher runs here, under the student's autocast).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from kdistill.data.splits import Batch
+from kdistill.teachers import FrozenTeacher
+
+if TYPE_CHECKING:
+    from kdistill.teacher_cache import TeacherCache
+
+
+class TeacherSource:
+    """Live (a FrozenTeacher the method needs), cached (a TeacherCache: views and logits) or none."""
+
+    def __init__(self, teacher: FrozenTeacher | None, cache: "TeacherCache | None",
+                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None, needs_teacher: bool):
+        if needs_teacher and teacher is None and cache is None:
+            raise ValueError("the method needs a teacher")
+        self.cache = cache
+        self.augment = augment
+        self.live = teacher if cache is None and needs_teacher else None
+
+    def draw(self, batch: Batch, generator: torch.Generator) -> tuple[Batch, torch.Tensor | None]:
+        """The global batch as the student sees it (augmented, or a cached view) and its cached logits, if any."""
+        if self.cache is not None:
+            return self.cache.targets(batch, generator)
+        if self.augment is not None:
+            batch = Batch(self.augment(batch.inputs, generator), batch.labels, batch.index)
+        return batch, None
+
+    def logits(self, inputs: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor | None:
+        """The teacher's logits for this process's `inputs`: the cached ones, the live teacher's, or None."""
+        if self.live is None:
+            return drawn
+        return self.live(inputs)
