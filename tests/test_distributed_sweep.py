@@ -183,3 +183,83 @@ def test_sweep_errors_are_one_line(tmp_path, teacher_run):
     result = run_cli("sweep", str(tmp_path / "ok.yaml"), "--out", str(mine))
     assert result.returncode == 2 and "holds no sweep" in result.stderr
     assert tree_digest(mine) == before
+
+
+@pytest.fixture(scope="module")
+def text_slice(tmp_path_factory) -> Path:
+    """The Debian-sections slice as CSVs and a 2-layer tiny BERT without dropout (so 1 and 2 processes can agree)."""
+    transformers = pytest.importorskip("transformers")
+    import csv
+    import re
+    from collections import Counter
+
+    debian = Path(__file__).resolve().parent / "data" / "debian-sections"
+    out = tmp_path_factory.mktemp("text-ddp")
+    for split, n in (("train", 24), ("validation", 8), ("test", 8)):
+        per: dict[str, list[str]] = {k: [] for k in ("admin", "devel", "libs", "net")}
+        for row in csv.DictReader(open(debian / f"{split}.csv")):
+            if row["label"] in per and len(per[row["label"]]) < n:
+                per[row["label"]].append(row["text"])
+        with open(out / f"{split}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            for label, texts in per.items():
+                writer.writerows([text, label] for text in texts)
+    words = Counter(w for r in csv.DictReader(open(out / "train.csv")) for w in re.findall(r"\w+|[^\w\s]", r["text"].lower()))
+    model = out / "tiny-bert"
+    model.mkdir()
+    (model / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                                               + [w for w, _ in words.most_common(700)]) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(model / "vocab.txt"), do_lower_case=True).save_pretrained(model)
+    config = transformers.BertConfig(vocab_size=705, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    transformers.BertModel(config).save_pretrained(model)
+    return out
+
+
+def test_text_runs_on_two_processes_as_on_one(tmp_path, text_slice):
+    """The Trainer's DDP under torchrun (gloo, CPU): the same global batch of 16 (8 per process), the same
+    weights up to the order of float sums, for a teacher trained from labels and a DKD student with gradient
+    accumulation; rank 0 alone writes the run directory."""
+    pytest.importorskip("accelerate")
+    data = {"format": "csv", "root": str(text_slice), "max_length": 48, "batch_size": 16}
+    train = {"epochs": 2, "lr": 1e-3, "device": "cpu", "warmup_ratio": 0.0}
+    teacher = {"task": "text-classification", "name": "t", "data": data, "model": f"hf:{text_slice / 'tiny-bert'}",
+               "train": train}
+    one = run_cli("train", str(write_yaml(tmp_path / "t.yaml", teacher)), f"out={tmp_path / 't1'}", "-q")
+    two = _torchrun("train", str(tmp_path / "t.yaml"), f"out={tmp_path / 't2'}", "-q")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert _max_weight_diff(tmp_path / "t1" / "model.safetensors", tmp_path / "t2" / "model.safetensors") < WEIGHT_TOLERANCE
+    assert _metrics(tmp_path / "t1")[0]["loss"] == pytest.approx(_metrics(tmp_path / "t2")[0]["loss"], rel=1e-5)
+
+    student = {"task": "text-classification", "name": "s", "data": data, "teacher": str(tmp_path / "t1"),
+               "student": {"from_teacher": {"num_layers": 1}}, "distill": {"method": "dkd", "warmup_epochs": 1},
+               "train": {**train, "grad_accum": 2}}
+    one = run_cli("distill", str(write_yaml(tmp_path / "s.yaml", student)), f"out={tmp_path / 's1'}", "-q")
+    two = _torchrun("distill", str(tmp_path / "s.yaml"), f"out={tmp_path / 's2'}", "-q")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert _max_weight_diff(tmp_path / "s1" / "model.safetensors", tmp_path / "s2" / "model.safetensors") < WEIGHT_TOLERANCE
+    m1, m2 = _metrics(tmp_path / "s1")[0], _metrics(tmp_path / "s2")[0]
+    assert m2["dkd"] == pytest.approx(m1["dkd"], rel=1e-4) and m2["ce"] == pytest.approx(m1["ce"], rel=1e-4)
+    assert json.loads((tmp_path / "s2" / "report.json").read_text())["rows"][0]["role"] == "distilled"
+    odd = _torchrun("distill", str(tmp_path / "s.yaml"), f"out={tmp_path / 's3'}", "data.batch_size=15", "-q")
+    assert odd.returncode != 0 and "must be a multiple of 2" in odd.stderr and not (tmp_path / "s3").exists()
+
+
+def test_which_accelerate_launch_invocations_start_several_processes(tmp_path, teacher_run):
+    """`--multi_gpu --num_processes 2` starts 2 processes (torchrun underneath; gloo with train.device=cpu);
+    `--cpu --num_processes 2` starts one, which kdistill trains alone and says so."""
+    pytest.importorskip("accelerate")
+    path = write_yaml(tmp_path / "kd.yaml", _config(tmp_path, teacher_run, "acc", epochs=1))
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    two = subprocess.run([*launch, "--multi_gpu", "--num_processes", "2", "-m", "kdistill", "distill", str(path), "-q"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert two.returncode == 0, two.stderr
+    assert len(_metrics(tmp_path / "acc")[0]["processes"]) == 2
+    one = subprocess.run([*launch, "--cpu", "--num_processes", "2", "-m", "kdistill", "distill", str(path),
+                          f"out={tmp_path / 'acc1'}", "-q"], capture_output=True, text=True, env=env, timeout=240)
+    assert one.returncode == 0, one.stderr
+    assert "kdistill: warning: started by accelerate launch as a single process" in one.stderr
+    assert "processes" not in _metrics(tmp_path / "acc1")[0]

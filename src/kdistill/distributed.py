@@ -13,6 +13,7 @@ Only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, TypeVar
@@ -152,8 +153,15 @@ def launched() -> bool:
 
 
 def init_from_env(device: torch.device) -> Context:
-    """Join the process group the launcher described (once); alone, do nothing."""
+    """Join the process group the launcher described (once); alone, do nothing (but say so when `accelerate
+    launch` started this process alone: its `--cpu` and MULTI_CPU modes start one process, whatever
+    `--num_processes` says)."""
     if not launched():
+        if any(key.startswith("ACCELERATE_") for key in os.environ) and "RANK" not in os.environ:
+            sys.stderr.write("kdistill: warning: started by accelerate launch as a single process (no WORLD_SIZE): "
+                             "`--cpu` and a MULTI_CPU config start one process; for several, use torchrun "
+                             "--nproc_per_node N, or accelerate launch --multi_gpu --num_processes N (with "
+                             "train.device=cpu for CPU processes)\n")
         return Context()
     if not dist.is_available():
         raise KdistillError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")

@@ -19,7 +19,7 @@ import torch
 
 from pydantic import ValidationError
 
-from kdistill import threads
+from kdistill import distributed, threads
 from kdistill.config import dump_config, format_validation_error, load_config, read_yaml, validate_config
 from kdistill.errors import KdistillError
 from kdistill.report import summarize_times, write_report
@@ -54,18 +54,22 @@ def _labels_of(model: Any) -> list[str]:
 
 
 def require_text_extra() -> None:
-    """Text runs need transformers, accelerate and datasets (the `text` extra); say so in one line; and they run
-    in one process (the Trainer's own multi-process support is not wired to kdistill's run directory yet)."""
+    """Text runs need transformers, accelerate and datasets (the `text` extra); say so in one line."""
     import importlib.util
-
-    from kdistill import distributed
 
     missing = [m for m in ("transformers", "accelerate", "datasets") if importlib.util.find_spec(m) is None]
     if missing:
         raise KdistillError(f"task: text-classification needs {', '.join(missing)}: pip install 'kdistill[text]'")
-    if distributed.launched():
-        raise KdistillError("text-classification runs do not run under torchrun yet; start them as one process, or use "
-                            "kdistill.text.DistillationTrainer in your own torchrun script")
+
+
+def _join_processes(cfg: Any) -> distributed.Context:
+    """Under torchrun, join the process group (the Trainer's DDP then uses it); `data.batch_size` is the global
+    batch, split evenly over the processes, as in vision runs."""
+    ctx = distributed.init_from_env(torch.device(_device(cfg)))
+    if ctx.active and cfg.data.batch_size % ctx.world:
+        raise KdistillError(f"data.batch_size={cfg.data.batch_size} is the global batch; with {ctx.world} processes "
+                            f"it must be a multiple of {ctx.world}")
+    return ctx
 
 
 def _quiet_transformers(progress: bool = False) -> None:
@@ -126,7 +130,8 @@ def _args(cfg: TextTrainRunConfig | TextDistillRunConfig, out: Path, n_train: in
     from kdistill.text.trainer import DistillationTrainingArguments
 
     steps = math.ceil(n_train / (cfg.data.batch_size * cfg.train.grad_accum)) * cfg.train.epochs
-    common = dict(output_dir=str(out / "state"), per_device_train_batch_size=cfg.data.batch_size,
+    per_process = cfg.data.batch_size // distributed.current().world  # data.batch_size is the global batch
+    common = dict(output_dir=str(out / "state"), per_device_train_batch_size=per_process,
                   per_device_eval_batch_size=cfg.data.eval_batch_size, num_train_epochs=cfg.train.epochs,
                   learning_rate=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                   warmup_steps=int(cfg.train.warmup_ratio * steps), lr_scheduler_type=cfg.train.scheduler,
@@ -134,7 +139,11 @@ def _args(cfg: TextTrainRunConfig | TextDistillRunConfig, out: Path, n_train: in
                   use_cpu=_device(cfg) == "cpu", eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
                   load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
                   logging_strategy="epoch", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
-                  disable_tqdm=not progress, dataloader_num_workers=0, save_only_model=False)
+                  disable_tqdm=not progress, dataloader_num_workers=0, save_only_model=False,
+                  # Each process's loss is the mean over its own slice and DDP averages the gradients: the global
+                  # batch's mean. (Averaging token counts across processes makes the Trainer multiply the loss
+                  # by the number of processes, which a classifier's mean loss must not get: 2x the gradient.)
+                  average_tokens_across_devices=False)
     if distill:  # the loss is the config's method (DistillationTrainer's method=), not these arguments' alpha and T
         return DistillationTrainingArguments(**common)
     return TrainingArguments(**common)
@@ -269,8 +278,9 @@ def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool,
     trainer.add_callback(ThreadShare(cfg_threads))
     trainer.add_callback(RecordCheckpoints())
     trainer.train(resume_from_checkpoint=last)
-    save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
-    _write_metrics(trainer, out)
+    if distributed.current().is_main:  # one process writes the run directory
+        save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
+        _write_metrics(trainer, out)
 
 
 @threads.counted
@@ -279,17 +289,20 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
     require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
 
+    ctx = _join_processes(cfg)
     data = load_text_splits(cfg.data)
     source = _hf_path(cfg.model, "model")
     set_seed(cfg.seed)
     model, tokenizer = load_classifier(source, "model", labels=data.labels)
     out = cfg.out_dir()
-    resuming = _prepare(cfg, out, overwrite, data.labels, [source])
+    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, data.labels, [source])))
     trainer = GuardedTrainer(model=model, args=_args(cfg, out, len(data.train), progress, distill=False),
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
                       eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
     _finish(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
+    if not ctx.is_main:
+        return {}  # rank 0 evaluates and reports
     row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256())
     write_report([row], out / "report.json")
@@ -317,6 +330,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     from kdistill.text.trainer import CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator
 
     method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
+    ctx = _join_processes(cfg)
     data = load_text_splits(cfg.data)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
     teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
@@ -324,7 +338,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     set_seed(cfg.seed)
     student, student_tok = build_student(cfg, teacher, teacher_tok, data.labels)
     out = cfg.out_dir()
-    resuming = _prepare(cfg, out, overwrite, data.labels, [teacher_dir])
+    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, data.labels, [teacher_dir])))
     if same_tokenizer(student_tok, teacher_tok):
         train_ds = _tokenized(data.train, student_tok, cfg.data.max_length)
         val_ds = _tokenized(data.val, student_tok, cfg.data.max_length)
@@ -340,6 +354,8 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                                   compute_metrics=_accuracy_metric, teacher_model=teacher, method=method)
     _finish(trainer, student, student_tok, out, resuming, progress, cfg.train.threads)
+    if not ctx.is_main:
+        return {}  # rank 0 evaluates and reports
     write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
     row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),

@@ -198,6 +198,10 @@ class DistillationTrainer(GuardedTrainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """The Trainer's log, plus each loss term's mean over the micro-batches since the last training log."""
         if "loss" in logs and self._term_steps:
-            logs = {**logs, **{f"loss_{k}": v / self._term_steps for k, v in self._term_sums.items()}}
+            keys = sorted(self._term_sums)
+            means = torch.tensor([self._term_sums[k] / self._term_steps for k in keys], device=self.args.device)
+            if self.accelerator.num_processes > 1:  # every process logs; the means over all of them
+                means = self.accelerator.reduce(means, reduction="mean")
+            logs = {**logs, **{f"loss_{k}": float(v) for k, v in zip(keys, means)}}
             self._term_sums, self._term_steps = {}, 0
         super().log(logs, *args, **kwargs)
