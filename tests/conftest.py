@@ -62,3 +62,13 @@ def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under root: compare before/after to prove nothing on disk changed."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def one_line_error(capsys, *needles: str) -> str:
+    """stderr is one `kdistill: error: ...` line, no traceback, naming every needle; returns it."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("kdistill: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err

@@ -14,17 +14,9 @@ import pytest
 import torch
 
 import kdistill.checkpoint as checkpoint
-from conftest import tree_digest, write_yaml
+from conftest import one_line_error, tree_digest, write_yaml
 from kdistill.cli import main
 from kdistill.methods.ce import CrossEntropy
-
-
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("kdistill: error:"), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _epochs(out: Path) -> list[int]:
@@ -53,7 +45,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_committed_epoch(tmp_path, t
     config = write_yaml(tmp_path / "c.yaml", train_config)
     out = Path(train_config["out"])
     assert main(["train", str(config), "-q"]) == 2
-    err = _one_line_error(capsys, "epoch 2, step 2", "ce=nan", "train.lr", "epoch 1's checkpoint")
+    err = one_line_error(capsys, "epoch 2, step 2", "ce=nan", "train.lr", "epoch 1's checkpoint")
     assert "Traceback" not in err
     assert _epochs(out) == [1]  # the epoch that went non-finite was not committed
     assert torch.load(out / "state/checkpoint.pt", weights_only=True)["epoch"] == 1
@@ -78,14 +70,14 @@ def test_a_changed_config_other_than_lr_does_not_resume_a_stopped_run(tmp_path, 
     monkeypatch.undo()
     capsys.readouterr()
     assert main(["train", str(config), "train.epochs=4", "-q"]) == 2
-    _one_line_error(capsys, "different config")
+    one_line_error(capsys, "different config")
 
 
 def test_a_diverging_run_stops_on_its_gradient_norm_under_grad_clip(tmp_path, train_config, capsys):
     train_config["train"] |= {"optimizer": "sgd", "lr": 1e30, "grad_clip": 1.0, "epochs": 2}
     config = write_yaml(tmp_path / "c.yaml", train_config)
     assert main(["train", str(config), "-q"]) == 2
-    _one_line_error(capsys, "went non-finite", "epoch 1")
+    one_line_error(capsys, "went non-finite", "epoch 1")
     assert not (Path(train_config["out"]) / "report.json").exists()
 
 
@@ -113,7 +105,7 @@ def test_a_bad_resume_checkpoint_is_one_line(tmp_path, train_config, capsys, con
     before = tree_digest(out)
     capsys.readouterr()
     assert main(["train", str(config), "-q"]) == 2
-    err = _one_line_error(capsys, "checkpoint.pt", needle)
+    err = one_line_error(capsys, "checkpoint.pt", needle)
     assert "weights_only" not in err and "False" not in err  # never PyTorch's hint to load it unsafely
     assert not (tmp_path / "pwned").exists()
     assert tree_digest(out) == before
@@ -130,7 +122,7 @@ def test_a_checkpoint_of_another_architecture_is_one_line(tmp_path, train_config
     (out / "state/checkpoint.pt").write_bytes((tmp_path / "other/state/checkpoint.pt").read_bytes())
     capsys.readouterr()
     assert main(["train", str(config), "-q"]) == 2
-    _one_line_error(capsys, "checkpoint's student has", "of shape")
+    one_line_error(capsys, "checkpoint's student has", "of shape")
 
 
 def test_a_full_disk_during_a_commit_keeps_the_previous_epoch(tmp_path, train_config, capsys, monkeypatch):
@@ -148,7 +140,7 @@ def test_a_full_disk_during_a_commit_keeps_the_previous_epoch(tmp_path, train_co
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
     assert main(["train", str(config), "-q"]) == 2
-    _one_line_error(capsys, "epoch 2 could not be saved", "No space left on device", "epoch 1's checkpoint")
+    one_line_error(capsys, "epoch 2 could not be saved", "No space left on device", "epoch 1's checkpoint")
     assert _epochs(out) == [1]  # no metrics line for the epoch that was not committed
     assert not (out / "state/checkpoint.pt.tmp").exists()
     monkeypatch.undo()
@@ -166,7 +158,7 @@ def test_a_safetensors_failure_during_a_commit_is_one_line(tmp_path, train_confi
 
     monkeypatch.setattr(models, "save_file", save_file)
     assert main(["train", str(write_yaml(tmp_path / "c.yaml", train_config)), "-q"]) == 2
-    _one_line_error(capsys, "epoch 1 could not be saved", "No space left", "no epoch had been committed")
+    one_line_error(capsys, "epoch 1 could not be saved", "No space left", "no epoch had been committed")
     metrics = Path(train_config["out"]) / "metrics.jsonl"
     assert not metrics.exists() or metrics.read_text() == ""
 
@@ -188,4 +180,4 @@ def test_a_tampered_checkpoint_is_one_line(tmp_path, train_config, capsys, tampe
     torch.save(ckpt, out / "state/checkpoint.pt")
     capsys.readouterr()
     assert main(["train", str(config), "-q"]) == 2
-    _one_line_error(capsys, needle)
+    one_line_error(capsys, needle)

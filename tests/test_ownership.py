@@ -12,19 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_digest, write_yaml
+from conftest import one_line_error, tree_digest, write_yaml
 from kdistill.cli import main
 from kdistill.errors import KdistillError
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned
-
-
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("kdistill: error:"), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # ---------------------------------------------------------------- the manifest itself
@@ -90,7 +81,7 @@ def test_overwrite_refuses_user_files_named_like_temporary_files(tmp_path, train
     (out / "data.tmp" / "rows.csv").write_text("a,b\n")
     before = tree_digest(out)
     assert main(["train", str(config), "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, "did not write", "notes.tmp")
+    one_line_error(capsys, "did not write", "notes.tmp")
     assert tree_digest(out) == before
 
 
@@ -101,7 +92,7 @@ def test_overwrite_refuses_a_user_file_inside_the_state_folder(tmp_path, train_c
     (out / "state" / "my-notes.txt").write_text("mine\n")
     before = tree_digest(out)
     assert main(["train", str(config), "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, "state/my-notes.txt")
+    one_line_error(capsys, "state/my-notes.txt")
     assert tree_digest(out) == before
 
 
@@ -115,7 +106,7 @@ def test_overwrite_never_touches_a_model_folder_that_holds_config_and_model_json
     config = write_yaml(folder / "config.yaml", train_config)
     before = tree_digest(folder)
     assert main(["train", str(config), "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, "did not write", MANIFEST)
+    one_line_error(capsys, "did not write", MANIFEST)
     assert tree_digest(folder) == before
 
 
@@ -139,7 +130,7 @@ def test_a_run_of_a_kdistill_without_manifests_resumes_but_is_never_overwritten(
         manifest.unlink()
     before = tree_digest(out)
     assert main(["train", str(config), "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, MANIFEST, "delete it yourself")
+    one_line_error(capsys, MANIFEST, "delete it yourself")
     assert tree_digest(out) == before
     (out / "report.json").unlink()  # unfinished, same config: resumed, and adopted
     assert main(["train", str(config), "-q"]) == 0
@@ -155,7 +146,7 @@ def test_quickstart_overwrite_checks_before_it_removes_anything(tmp_path, capsys
     (out / "report.md").write_text("# my report\n")
     before = tree_digest(out)
     assert main(["quickstart", "--out", str(out), "--overwrite"]) == 2
-    _one_line_error(capsys, str(out), MANIFEST)
+    one_line_error(capsys, str(out), MANIFEST)
     assert tree_digest(out) == before
 
 
@@ -168,7 +159,7 @@ def test_compare_overwrite_removes_only_its_own_plots(tmp_path, teacher_run, cap
     before = tree_digest(out)
     capsys.readouterr()
     assert main(["compare", str(teacher_run), "--out", str(out), "--repeats", "3", "--overwrite"]) == 2
-    _one_line_error(capsys, "my-figure.png", "did not write")
+    one_line_error(capsys, "my-figure.png", "did not write")
     assert tree_digest(out) == before
     (out / "my-figure.png").unlink()
     assert main(["compare", str(teacher_run), "--out", str(out), "--repeats", "3", "--overwrite", "--no-plots"]) == 0
@@ -182,7 +173,7 @@ def test_compare_refuses_a_folder_that_merely_holds_a_compare_json(tmp_path, tea
     (out / "photo.png").write_bytes(b"\x89PNG")
     before = tree_digest(out)
     assert main(["compare", str(teacher_run), "--out", str(out), "--overwrite"]) == 2
-    _one_line_error(capsys, "--out", MANIFEST)
+    one_line_error(capsys, "--out", MANIFEST)
     assert tree_digest(out) == before
 
 
@@ -194,7 +185,7 @@ def test_export_never_replaces_a_file_it_did_not_write(tmp_path, teacher_run, ca
     (run / "export" / "model.onnx").write_bytes(b"the user's own model")
     before = tree_digest(run / "export")
     assert main(["export", str(run), "--overwrite"]) == 2
-    _one_line_error(capsys, "did not write")
+    one_line_error(capsys, "did not write")
     assert tree_digest(run / "export") == before
     (run / "export" / "model.onnx").unlink()
     (run / "export" / "notes.txt").write_text("kept\n")
@@ -215,7 +206,7 @@ def test_rebuilding_a_cache_never_deletes_a_folder_kdistill_did_not_write(tmp_pa
     config = write_yaml(tmp_path / "kd.yaml", distill_config)
     before = tree_digest(cache)
     assert main(["cache-teacher", str(config), "--rebuild", "-q"]) == 2
-    _one_line_error(capsys, str(cache), MANIFEST)
+    one_line_error(capsys, str(cache), MANIFEST)
     assert tree_digest(cache) == before
 
 
@@ -282,7 +273,7 @@ def test_a_cache_dir_pointing_at_another_run_is_refused_not_emptied(tmp_path, te
     before = tree_digest(other)
     capsys.readouterr()
     assert main(["cache-teacher", str(write_yaml(tmp_path / "kd.yaml", distill_config)), "-q"]) == 2
-    _one_line_error(capsys, "not a kdistill cache")
+    one_line_error(capsys, "not a kdistill cache")
     assert tree_digest(other) == before
 
 
@@ -299,9 +290,9 @@ def test_a_run_of_an_older_kdistill_with_user_files_in_its_folders_is_not_adopte
     before = tree_digest(out)
     capsys.readouterr()
     assert main(["train", str(config), "-q"]) == 2  # not adopted: kdistill cannot tell its files from these
-    _one_line_error(capsys, MANIFEST)
+    one_line_error(capsys, MANIFEST)
     assert main(["train", str(config), "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, MANIFEST)
+    one_line_error(capsys, MANIFEST)
     assert tree_digest(out) == before
 
 
@@ -316,7 +307,7 @@ def test_a_user_folder_under_a_name_kdistill_claimed_is_refused(tmp_path, train_
     before = tree_digest(out)
     capsys.readouterr()
     assert main(["train", str(config), "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, "did not write", "model.safetensors.tmp")
+    one_line_error(capsys, "did not write", "model.safetensors.tmp")
     assert tree_digest(out) == before
 
 
@@ -340,7 +331,7 @@ def test_export_never_replaces_an_export_json_it_did_not_write(tmp_path, teacher
     (run / "export" / "export.json").write_text('{"variants": {}, "note": "mine"}\n')
     before = tree_digest(run / "export")
     assert main(["export", str(run)]) == 2
-    _one_line_error(capsys, "export.json", "did not write")
+    one_line_error(capsys, "export.json", "did not write")
     assert tree_digest(run / "export") == before
 
 
@@ -353,5 +344,5 @@ def test_a_sweep_never_writes_into_a_folder_that_merely_holds_a_study_db(tmp_pat
     before = tree_digest(folder)
     distill_config["sweep"] = {"trials": 1, "out": str(folder)}
     assert main(["sweep", str(write_yaml(tmp_path / "s.yaml", distill_config))]) == 2
-    _one_line_error(capsys, "holds no sweep kdistill wrote")
+    one_line_error(capsys, "holds no sweep kdistill wrote")
     assert tree_digest(folder) == before

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tree_digest, write_yaml
+from conftest import one_line_error, tree_digest, write_yaml
 from kdistill.cli import main
 from kdistill.config import TrainConfig
 from kdistill.data.splits import DataSplits, Split
@@ -18,14 +18,6 @@ from kdistill.engine import fit
 from kdistill.methods import build_method
 from kdistill.models import build_model, load_run_model
 from kdistill.teachers import FrozenTeacher
-
-
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("kdistill: error:"), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_overwrite_never_deletes_a_project_that_happens_to_hold_config_yaml(tmp_path, train_config, capsys):
@@ -37,7 +29,7 @@ def test_overwrite_never_deletes_a_project_that_happens_to_hold_config_yaml(tmp_
     config = write_yaml(project / "config.yaml", train_config)
     before = tree_digest(project)
     assert main(["train", str(config), "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, "did not write")
+    one_line_error(capsys, "did not write")
     assert tree_digest(project) == before
 
 
@@ -46,7 +38,7 @@ def test_out_may_not_be_the_working_directory(tmp_path, train_config, capsys, mo
     (tmp_path / "keep.txt").write_text("x")
     config = write_yaml(tmp_path / "c.yaml", train_config)
     assert main(["train", str(config), "out=.", "--overwrite", "-q"]) == 2
-    _one_line_error(capsys, "working directory")
+    one_line_error(capsys, "working directory")
     assert (tmp_path / "keep.txt").read_text() == "x"
 
 
@@ -58,7 +50,7 @@ def test_distill_into_the_teacher_directory_is_refused(tmp_path, teacher_run, di
     before = tree_digest(teacher)
     for out in (teacher, teacher / "sub"):
         assert main(["distill", str(config), f"out={out}", "--overwrite", "-q"]) == 2
-        _one_line_error(capsys, "teacher")
+        one_line_error(capsys, "teacher")
     assert tree_digest(teacher) == before
 
 
@@ -75,7 +67,7 @@ def test_overwrite_replaces_only_kdistill_files(tmp_path, train_config):
 def test_bad_values_fail_before_anything_is_written(tmp_path, train_config, capsys, override, needle):
     config = write_yaml(tmp_path / "c.yaml", train_config)
     assert main(["train", str(config), override, "-q"]) == 2
-    _one_line_error(capsys, needle)
+    one_line_error(capsys, needle)
     assert not Path(train_config["out"]).exists()
 
 
@@ -85,7 +77,7 @@ def test_evaluate_refuses_an_unfinished_run_and_keeps_it_resumable(tmp_path, tra
     out = Path(train_config["out"])
     (out / "report.json").unlink()  # as if killed after its last epoch, before the report
     assert main(["evaluate", str(out)]) == 2
-    _one_line_error(capsys, "unfinished")
+    one_line_error(capsys, "unfinished")
     assert not (out / "report.json").exists()
     assert main(["train", str(config), "-q"]) == 0  # resumes and finishes
     assert (out / "report.json").exists()
@@ -103,7 +95,7 @@ def test_corrupt_checkpoint_and_cut_metrics_on_resume(tmp_path, train_config, ca
     (out / "report.json").unlink()
     (out / "state" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert main(["train", str(config), "-q"]) == 2
-    _one_line_error(capsys, "checkpoint.pt", "corrupt")
+    one_line_error(capsys, "checkpoint.pt", "corrupt")
 
 
 def test_evaluate_data_override_errors(tmp_path, train_config, capsys):
@@ -111,7 +103,7 @@ def test_evaluate_data_override_errors(tmp_path, train_config, capsys):
     assert main(["train", str(config), "-q"]) == 0
     out = Path(train_config["out"])
     assert main(["evaluate", str(out), "--data", "root=["]) == 2
-    _one_line_error(capsys, "--data")
+    one_line_error(capsys, "--data")
 
 
 def test_last_short_accumulation_group_gets_a_full_step(tmp_path):
@@ -191,10 +183,10 @@ def test_teacher_identity_is_recorded_and_checked(tmp_path, teacher_run, distill
 
     _retrain_in_place(teacher)
     assert main(["evaluate", str(out)]) == 2
-    _one_line_error(capsys, "different weights")
+    one_line_error(capsys, "different weights")
     (out / "report.json").unlink()  # an unfinished run: resuming with the changed teacher is refused
     assert main(["distill", str(config), "-q"]) == 2
-    _one_line_error(capsys, "different weights")
+    one_line_error(capsys, "different weights")
 
 
 def test_finished_row_reuses_only_a_finished_run_of_the_same_config(tmp_path, train_config):
