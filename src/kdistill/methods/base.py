@@ -81,39 +81,6 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict[str, Any]]) -> Method:
-    """The main method (with its hyperparameters), combined with `distill.terms` when there are any.
-
-    `raw_params` holds the `distill` section's keys other than method/terms/cache settings.
-    A key that names a registered method is that method's own section (`kd: {temperature: 4}`):
-    every section is validated, and the selected method takes its section's values, overridden
-    by top-level keys. So one config can carry several methods' settings and
-    `distill.method=NAME` switches between them.
-    """
-    sections = {k: v for k, v in raw_params.items() if k in METHODS}
-    for section, values in sections.items():
-        if not isinstance(values, dict):
-            raise KdistillError(f"distill.{section}: the parameters of method {section!r} must be a mapping, e.g. {{temperature: 4}}")
-        build_method(section, values, where=f"distill.{section}")
-    top = {k: v for k, v in raw_params.items() if k not in METHODS}
-    main = build_method(name, {**sections.get(name, {}), **top})
-    if not terms:
-        return main
-    from kdistill.methods.combined import Combined
-
-    built = []
-    for i, term in enumerate(terms):
-        where = f"distill.terms[{i}]"
-        if not isinstance(term, dict) or not isinstance(term.get("method"), str):
-            raise KdistillError(f"{where}: a term is a mapping with a method name, e.g. {{method: at, weight: 1000}}")
-        params = {k: v for k, v in term.items() if k not in ("method", "weight")}
-        weight = term.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise KdistillError(f"{where}.weight must be a number >= 0 (got {weight!r})")
-        built.append((float(weight), build_method(term["method"], params, where=where)))
-    return Combined(main, built)
-
-
 def check_task(method: Method, task: str, where: str = "distill.method") -> None:
     """One line when `method` (or one of its terms) cannot run on `task`."""
     for member in method.members():

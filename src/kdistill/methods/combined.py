@@ -1,4 +1,5 @@
-"""`distill.terms`: a main method plus weighted extra terms, seen by the engine as one Method.
+"""`distill.terms`: a main method plus weighted extra terms, seen by the engine as one Method; and
+`build_distill_method`, which builds the `distill:` section (main method, per-method sections, terms).
 
 Each term is a registered method with its own hyperparameters and a `weight`; it contributes
 its distillation terms (its own `ce`, if any, is left to the main method, so labels are
@@ -8,11 +9,14 @@ counted once), each multiplied by `weight`. A term name already taken gets the t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from kdistill.data.splits import Batch
-from kdistill.methods.base import Method
+from kdistill.errors import KdistillError
+from kdistill.methods.base import METHODS, Method, build_method
 
 
 class Combined(Method):
@@ -50,3 +54,34 @@ class Combined(Method):
                     continue
                 out[key if key not in out else f"{key}_term{index}"] = weight * value
         return out
+
+
+def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict[str, Any]]) -> Method:
+    """The main method (with its hyperparameters), combined with `distill.terms` when there are any.
+
+    `raw_params` holds the `distill` section's keys other than method/terms/cache settings.
+    A key that names a registered method is that method's own section (`kd: {temperature: 4}`):
+    every section is validated, and the selected method takes its section's values, overridden
+    by top-level keys. So one config can carry several methods' settings and
+    `distill.method=NAME` switches between them.
+    """
+    sections = {k: v for k, v in raw_params.items() if k in METHODS}
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            raise KdistillError(f"distill.{section}: the parameters of method {section!r} must be a mapping, e.g. {{temperature: 4}}")
+        build_method(section, values, where=f"distill.{section}")
+    top = {k: v for k, v in raw_params.items() if k not in METHODS}
+    main = build_method(name, {**sections.get(name, {}), **top})
+    if not terms:
+        return main
+    built = []
+    for i, term in enumerate(terms):
+        where = f"distill.terms[{i}]"
+        if not isinstance(term, dict) or not isinstance(term.get("method"), str):
+            raise KdistillError(f"{where}: a term is a mapping with a method name, e.g. {{method: at, weight: 1000}}")
+        params = {k: v for k, v in term.items() if k not in ("method", "weight")}
+        weight = term.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise KdistillError(f"{where}.weight must be a number >= 0 (got {weight!r})")
+        built.append((float(weight), build_method(term["method"], params, where=where)))
+    return Combined(main, built)
