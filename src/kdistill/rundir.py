@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
+from kdistill.checkpoint import NONFINITE
 from kdistill.errors import KdistillError
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, fresh_tmp
 
@@ -108,14 +109,20 @@ def _not_owned_message(out: Path) -> str:
             "folder, or a run of a kdistill older than the manifest); delete it yourself or choose another out=")
 
 
-NONFINITE_MARKER = "state/stopped-nonfinite.json"  # kdistill.checkpoint.NONFINITE
 # What may change when a run the NaN guard stopped is run again: the settings that make training stable.
 STABILITY_KEYS = ("lr", "weight_decay", "grad_clip")
 
 
+def _stability_apart(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A raw config without its train.lr/weight_decay/grad_clip, and those settings."""
+    train = dict(raw.get("train") or {})
+    stable = {key: train.pop(key, None) for key in STABILITY_KEYS}
+    return {**raw, "train": train}, stable
+
+
 def _resumable_after_nonfinite(out: Path, config_yaml: str) -> bool:
     """A run the NaN guard stopped resumes with a config that differs only in train.lr/weight_decay/grad_clip."""
-    if not (out / NONFINITE_MARKER).is_file():
+    if not (out / NONFINITE).is_file():
         return False
     try:
         old, new = yaml.safe_load((out / "config.yaml").read_text()), yaml.safe_load(config_yaml)
@@ -123,14 +130,9 @@ def _resumable_after_nonfinite(out: Path, config_yaml: str) -> bool:
         return False
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return False
-    changed = {}
-    for raw in (old, new):
-        train = dict(raw.get("train") or {})
-        changed[id(raw)] = {k: train.pop(k, None) for k in STABILITY_KEYS}
-        raw["train"] = train
-    if old != new:
+    (old_rest, before), (new_rest, after) = _stability_apart(old), _stability_apart(new)
+    if old_rest != new_rest:
         return False
-    before, after = changed[id(old)], changed[id(new)]
     text = ", ".join(f"train.{k} {before[k]} -> {after[k]}" for k in STABILITY_KEYS if before[k] != after[k])
     print(f"kdistill: resuming {out} after its non-finite stop with {text}", file=sys.stderr)
     return True
