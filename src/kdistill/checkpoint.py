@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from kdistill.errors import KdistillError, NonFiniteError
+from kdistill.errors import KdistillError, NonFiniteError, first_line
 from kdistill.models import save_weights
 from kdistill.ownership import FOLDER, Owned, fresh_tmp
 
@@ -30,6 +30,7 @@ METRICS = "metrics.jsonl"
 BEST = "model.safetensors"
 LAST = "last.safetensors"
 NONFINITE = "state/stopped-nonfinite.json"  # left by a run the NaN guard stopped (kdistill.rundir reads it)
+START_OVER = "delete the run directory or pass --overwrite to start over"
 _FIELDS = {"epoch": int, "best_val_accuracy": (int, float), "best_epoch": int, "student": dict, "method": dict,
            "optimizer": dict, "scheduler": dict, "rng": dict}
 
@@ -71,7 +72,7 @@ def load_torch_file(path: Path, what: str) -> Any:
     except OSError as exc:
         raise KdistillError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError... for damaged files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise KdistillError(f"{path}: corrupt {what} ({first})") from None
 
 
@@ -80,18 +81,17 @@ def read_checkpoint(path: Path, epochs: int | None = None) -> dict | None:
     `epochs`); a bad one is a KdistillError."""
     if not path.exists():
         return None
-    fix = "delete the run directory or pass --overwrite to start over"
     ckpt = load_torch_file(path, "resume checkpoint")
     if not isinstance(ckpt, dict):
-        raise KdistillError(f"{path}: corrupt resume checkpoint (a {type(ckpt).__name__}, not kdistill's mapping); {fix}")
+        raise KdistillError(f"{path}: corrupt resume checkpoint (a {type(ckpt).__name__}, not kdistill's mapping); {START_OVER}")
     for key, kind in _FIELDS.items():
         if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
             raise KdistillError(f"{path}: corrupt resume checkpoint ('{key}' is missing or not a "
-                                f"{getattr(kind, '__name__', 'number')}); {fix}")
+                                f"{getattr(kind, '__name__', 'number')}); {START_OVER}")
     epoch, best = ckpt["epoch"], ckpt["best_epoch"]
     if not (0 <= best <= epoch and (epochs is None or epoch <= epochs)) or not -1.0 <= ckpt["best_val_accuracy"] <= 1.0:
         raise KdistillError(f"{path}: corrupt resume checkpoint (epoch {epoch}, best epoch {best}, best accuracy "
-                            f"{ckpt['best_val_accuracy']} do not fit a run of {epochs} epochs); {fix}")
+                            f"{ckpt['best_val_accuracy']} do not fit a run of {epochs} epochs); {START_OVER}")
     return ckpt
 
 
@@ -100,13 +100,13 @@ def _check_shapes(state: dict, module: nn.Module, what: str, path: Path) -> None
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise KdistillError(f"{path}: the checkpoint's {what} does not match this run's (missing {missing[:3]}, "
-                            f"unexpected {extra[:3]}); delete the run directory or pass --overwrite to start over")
+                            f"unexpected {extra[:3]}); {START_OVER}")
     for key, value in expected.items():
         got = state[key]
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(value.shape):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise KdistillError(f"{path}: the checkpoint's {what} has {key} of shape {shape}, this run's is "
-                                f"{tuple(value.shape)}; delete the run directory or pass --overwrite to start over")
+                                f"{tuple(value.shape)}; {START_OVER}")
 
 
 def restore(ckpt: dict, path: Path, student: nn.Module, method: nn.Module, optimizer: torch.optim.Optimizer,
@@ -124,16 +124,14 @@ def restore(ckpt: dict, path: Path, student: nn.Module, method: nn.Module, optim
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise KdistillError(f"{path}: the resume checkpoint does not fit this run ({first}); "
-                            "delete the run directory or pass --overwrite to start over") from None
+        first = first_line(exc, 200)
+        raise KdistillError(f"{path}: the resume checkpoint does not fit this run ({first}); {START_OVER}") from None
     for group in optimizer.param_groups:  # the optimiser's moments must have the shapes of its parameters
         for param in group["params"]:
             for key, value in optimizer.state.get(param, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
                     raise KdistillError(f"{path}: the checkpoint's optimiser state {key} has shape {tuple(value.shape)} "
-                                        f"for a parameter of shape {tuple(param.shape)}; delete the run directory or "
-                                        "pass --overwrite to start over")
+                                        f"for a parameter of shape {tuple(param.shape)}; {START_OVER}")
     scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["initial_lr"], group["weight_decay"] = lr, weight_decay
@@ -172,7 +170,7 @@ def commit_epoch(run_dir: Path, record: dict, student: nn.Module, improved: bool
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = getattr(exc, "strerror", None) or first_line(exc, 200)
         raise KdistillError(f"epoch {record['epoch']} could not be saved in {run_dir} ({reason}); "
                             f"{_kept(record['epoch'] - 1)}: make room and run the same command again to resume") from None
 

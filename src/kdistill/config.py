@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 
 
 # Bounds on what a YAML text may hold (config files, overrides, --data): a hostile file gets one line, not a
@@ -282,7 +282,7 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise KdistillError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an integer past Python's digit limit
-        raise KdistillError(f"{source}: a value cannot be read ({str(exc).splitlines()[0][:120]})") from None
+        raise KdistillError(f"{source}: a value cannot be read ({first_line(exc, 120)})") from None
     try:
         size = _expanded_nodes(loaded, {})
     except KdistillError as exc:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 from kdistill.inference import accuracy
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, pid_alive
 from kdistill.rundir import write_owned_text
@@ -100,7 +100,7 @@ def export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
                               opset_version=opset, dynamo=True, external_data=False, verbose=False,
                               dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # the exporter raises many types; the user needs the first line and the model
-        raise KdistillError(f"ONNX export failed for this model: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise KdistillError(f"ONNX export failed for this model: {first_line(exc, 300)}") from None
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
@@ -132,7 +132,7 @@ def _onnxruntime_step(what: str, step: Callable[[], None]) -> None:
     try:
         step()
     except Exception as exc:
-        raise KdistillError(f"{what} failed for this model: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise KdistillError(f"{what} failed for this model: {first_line(exc, 300)}") from None
 
 
 def preprocess_for_quantization(src: Path, dst: Path, symbolic_shapes: bool = True) -> None:
@@ -296,7 +296,7 @@ def onnx_session(path: Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-        raise KdistillError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); export again") from None
+        raise KdistillError(f"{path}: ONNX Runtime cannot load it ({first_line(exc, 200)}); export again") from None
 
 
 def onnx_runner(path: Path, threads: int | None = None) -> Callable[[Batch], torch.Tensor]:
@@ -407,8 +407,8 @@ def export_run(run_dir: str | Path, source: ExportSource, *, fmt: str = "onnx", 
     reference = Predictor(run_dir.name, "pytorch", run_dir / "model.safetensors", torch_runner(model)).predict(source.val)
     labels = source.val.labels
     owned = Owned(out)
-    clash = [name for name in [VARIANT_FILES[v] for v in existing] + [EXPORT_JSON]
-             if (out / name).exists() and name in owned.foreign()]
+    foreign = set(owned.foreign()) if out.is_dir() else set()
+    clash = [name for name in [VARIANT_FILES[v] for v in existing] + [EXPORT_JSON] if name in foreign]
     if clash:  # never replace a file kdistill did not write (a user's, or an export of a kdistill without manifests)
         raise KdistillError(f"{out} holds {', '.join(clash)}, which kdistill did not write (not in its {MANIFEST}); "
                             "move it away and export again")

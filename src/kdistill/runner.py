@@ -24,7 +24,7 @@ from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
 from kdistill.checkpoint import BEST
 from kdistill.engine import check_global_batch, fit, resolve_device, seed_everything
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
 from kdistill.methods.base import check_task
@@ -48,7 +48,7 @@ def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, 
         teacher_logits = teacher(batch.inputs) if method.needs_teacher and teacher is not None else None
         method(batch, logits, teacher_logits)
     except (RuntimeError, ValueError) as exc:
-        raise KdistillError(f"a dry run of the first batch failed: {str(exc).splitlines()[0]}") from None
+        raise KdistillError(f"a dry run of the first batch failed: {first_line(exc)}") from None
     finally:
         student.load_state_dict(state)
         method.load_state_dict(method_state)

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import nn
 
 from kdistill.data.splits import Batch
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 from kdistill.methods.base import Method, MethodParams, label_term
 from kdistill.taps import FeatureTaps, resolve_tap
 
@@ -69,7 +69,7 @@ class TappedMethod(Method):
             raise
         except (RuntimeError, ValueError) as exc:
             self.unbind()
-            raise KdistillError(f"{where}: a dry run of the models failed: {str(exc).splitlines()[0]}") from None
+            raise KdistillError(f"{where}: a dry run of the models failed: {first_line(exc)}") from None
         except BaseException:
             self.unbind()
             raise

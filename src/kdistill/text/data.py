@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 
 SPLIT_FILES = {
     "csv": {"train": ["train.csv"], "val": ["validation.csv", "val.csv", "valid.csv", "dev.csv"], "test": ["test.csv"]},
@@ -120,7 +120,7 @@ def _rows_hf_disk(root: Path, cfg: TextDataConfig) -> tuple[dict[str, list[tuple
     try:
         loaded = datasets.load_from_disk(str(root))
     except (FileNotFoundError, ValueError) as exc:
-        raise KdistillError(f"data.root {root}: not a saved Hugging Face dataset ({str(exc).splitlines()[0]})") from None
+        raise KdistillError(f"data.root {root}: not a saved Hugging Face dataset ({first_line(exc)})") from None
     if not isinstance(loaded, datasets.DatasetDict):
         raise KdistillError(f"data.root {root}: a single Dataset; save a DatasetDict with train/validation/test splits")
     names = {"train": [cfg.train or "train"], "val": [cfg.val] if cfg.val else ["validation", "val", "valid", "dev"],

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from kdistill import distributed, threads
 from kdistill.config import dump_config, format_validation_error, load_config, read_yaml, validate_config
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, prepare_run_dir, save_into, write_owned_text
 from kdistill.text.guard import GuardedTrainer, RecordCheckpoints, ThreadShare
@@ -100,7 +100,7 @@ def load_classifier(path: Path, what: str, labels: list[str] | None = None):
                 path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
                 ignore_mismatched_sizes=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise KdistillError(f"{what}: cannot load {path} ({str(exc).splitlines()[0][:200]})") from None
+        raise KdistillError(f"{what}: cannot load {path} ({first_line(exc, 200)})") from None
     del config
     return model, tokenizer
 
