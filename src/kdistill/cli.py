@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rebuild", action="store_true", help="rebuild the cache even if one exists (e.g. built for another teacher)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
+    g_text = "turn a GGUF causal LM (llama.cpp's format) into a Hugging Face folder a causal-lm config can name"
+    g = sub.add_parser("import-gguf", help=g_text, description=g_text + ": dequantised float32 safetensors, config and "
+                       "tokenizer, checked by comparing logits with the GGUF-loaded model on a few sentences (needs gguf).")
+    g.add_argument("gguf", help="the .gguf file")
+    g.add_argument("out_dir", help="a new (or empty) folder for the model")
+    g.add_argument("--overwrite", action="store_true", help="replace an earlier import in OUT_DIR")
+
     e = sub.add_parser("evaluate", help="accuracy + efficiency of one trained model")
     e.add_argument("run_dir", help="a run directory written by train or distill")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
@@ -141,33 +148,39 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_train_or_distill(args: argparse.Namespace) -> None:
     from kdistill import tasks
-    from kdistill.report import format_table
 
     t0 = time.perf_counter()
     task, cfg = tasks.load(args.config, args.overrides, args.command)
     row = task.run(args.command, cfg, overwrite=args.overwrite, progress=not args.quiet)
     if not row:  # a process other than rank 0 under torchrun: rank 0 reports
         return
-    print(format_table([row]))
+    print(task.table([row]))
     print(f"run directory: {cfg.out_dir()}  ({time.perf_counter() - t0:.1f} s)")
 
 
 def _cmd_cache_teacher(args: argparse.Namespace) -> None:
-    from kdistill.config import DistillRunConfig, load_config
-    from kdistill.runner import run_cache_teacher
+    from kdistill import tasks
 
-    cfg = load_config(args.config, args.overrides, DistillRunConfig)
-    cache = run_cache_teacher(cfg, rebuild=args.rebuild, progress=not args.quiet)
-    print(f"teacher cache: {cache.path}")
+    path = tasks.for_config(args.config, args.overrides).cache_teacher(args.config, args.overrides, rebuild=args.rebuild,
+                                                                      progress=not args.quiet)
+    print(f"teacher cache: {path}")
+
+
+def _cmd_import_gguf(args: argparse.Namespace) -> None:
+    from kdistill.lm.models import import_gguf
+
+    record = import_gguf(args.gguf, args.out_dir, overwrite=args.overwrite)
+    print(f"imported {record['architecture']} ({record['params']:,} parameters, {record['layers']} layers, vocabulary "
+          f"{record['vocab_size']:,}) into {args.out_dir}; logits on {record['check_sentences']} sentences match the GGUF "
+          f"model's within {record['max_abs_logit_diff']:.2g}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from kdistill import tasks
-    from kdistill.report import format_table
 
     run_dir = Path(args.run_dir)
-    row = tasks.for_run(run_dir).evaluate(run_dir, args.split, _parse_pairs(args.data))
-    print(format_table([row]))
+    task = tasks.for_run(run_dir)
+    print(task.table([task.evaluate(run_dir, args.split, _parse_pairs(args.data))]))
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
@@ -183,7 +196,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": _cmd_train_or_distill, "distill": _cmd_train_or_distill, "cache-teacher": _cmd_cache_teacher,
-            "evaluate": _cmd_evaluate, "export": _cmd_export, "compare": _cmd_compare, "sweep": _cmd_sweep, "quickstart": _cmd_quickstart}
+            "evaluate": _cmd_evaluate, "import-gguf": _cmd_import_gguf, "export": _cmd_export, "compare": _cmd_compare, "sweep": _cmd_sweep, "quickstart": _cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

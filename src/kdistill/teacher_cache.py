@@ -35,7 +35,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from kdistill.teachers import FrozenTeacher
 
 CACHE_FORMAT = 1
 HEADER = "header.json"
+T = TypeVar("T")
 CACHE_ROOT = "teacher-cache"  # default location, inside the teacher's run directory
 
 
@@ -152,6 +153,8 @@ class TeacherCache:
 
 
 def _expected_shapes(header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    if "arrays" in header:  # a cache that lists its arrays (causal-LM caches)
+        return {name: tuple(shape) for name, shape in header["arrays"].items()}
     fp = header["fingerprint"]
     n, v, c, k = fp["data"]["samples"], fp["views"], header["num_classes"], fp["top_k"]
     shapes = {"params.npy": (n, v, len(header["param_columns"]))}
@@ -240,67 +243,31 @@ def _remove_stale_builds(path: Path) -> None:
                 _discard(entry, _parent_record(path))
 
 
-def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: int, augmenter: Augmenter | None,
-                cfg: CacheConfig, fingerprint: dict[str, Any], device: torch.device, progress: bool = True) -> TeacherCache:
-    """Run the teacher over `views` augmented passes of `train` and store logits + augmentation choices.
-
-    View v's choices are drawn from a generator seeded with `cfg.seed * 1_000_003 + v`, for
-    the whole split at once; the teacher runs in batches of `cfg.batch_size` on `device`.
-    """
-    path = Path(path)
-    if cfg.top_k is not None and cfg.top_k >= num_classes:
-        raise KdistillError(f"distill.cache.top_k={cfg.top_k} must be smaller than the number of classes ({num_classes})")
+def write_cache_folder(path: Path, header: dict[str, Any], arrays: dict[str, tuple[Any, tuple[int, ...]]],
+                       fill: Callable[[dict[str, np.ndarray]], None]) -> dict[str, Any]:
+    """Build a cache folder at `path` (any task's): `arrays` (file name -> (dtype, shape)) are opened as memory
+    maps in a sibling work folder, `fill(maps)` writes them, and the work folder replaces `path` only once the
+    header says complete; an interruption or a refusal of the disk leaves nothing that could pass for a cache.
+    Returns the completed header."""
     _check_replaceable(path, rebuild=True)
     _remove_stale_builds(path)
     work = _work_dir(path)
     started = time.perf_counter()
-    n, views = len(train), cfg.views
-    columns = list(augmenter.columns) if augmenter is not None else []
-    header = {"format": CACHE_FORMAT, "complete": False, "fingerprint": fingerprint, "num_classes": num_classes,
-              "param_columns": columns, "created_by": "kdistill cache-teacher"}
+    header = {**header, "complete": False}
     parent = _parent_record(path)
     try:
         if parent is not None:
             parent.claim(work.name, path.name, kind=FOLDER)
         work.mkdir(parents=True)
-        Owned(work).claim(HEADER, *_array_names(cfg.top_k))
+        Owned(work).claim(HEADER, *arrays)
         write_text_atomic(work / HEADER, json.dumps(header, indent=2) + "\n")
-        dtype = np.float16 if cfg.dtype == "float16" else np.float32
-        params_out = np.lib.format.open_memmap(work / "params.npy", mode="w+", dtype=np.int16, shape=(n, views, len(columns)))
-        if cfg.top_k:
-            k = cfg.top_k
-            top_values = np.lib.format.open_memmap(work / "topk_logprobs.npy", mode="w+", dtype=dtype, shape=(n, views, k))
-            top_index = np.lib.format.open_memmap(work / "topk_index.npy", mode="w+", dtype=np.int32, shape=(n, views, k))
-            rest = np.lib.format.open_memmap(work / "rest_logmass.npy", mode="w+", dtype=np.float32, shape=(n, views))
-        else:
-            logits_out = np.lib.format.open_memmap(work / "logits.npy", mode="w+", dtype=dtype, shape=(n, views, num_classes))
-        teacher.to(device)
-        bar = tqdm(total=n * views, desc="teacher cache", unit="sample", leave=False, disable=None if progress else True)
-        for v in range(views):
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + v)
-            params = augmenter.draw(n, generator) if augmenter is not None else torch.zeros(n, 0, dtype=torch.long)
-            params_out[:, v] = params.numpy().astype(np.int16)
-            for start in range(0, n, cfg.batch_size):
-                stop = min(n, start + cfg.batch_size)
-                inputs = train.inputs[start:stop]
-                if augmenter is not None:
-                    inputs = augmenter.apply(inputs, params[start:stop])
-                logits = teacher(inputs.to(device)).float().cpu()
-                if cfg.top_k:
-                    logprobs = torch.log_softmax(logits, dim=-1)
-                    values, where = logprobs.topk(cfg.top_k, dim=-1)
-                    top_values[start:stop, v] = values.numpy().astype(dtype)
-                    top_index[start:stop, v] = where.numpy().astype(np.int32)
-                    rest[start:stop, v] = torch.logsumexp(logprobs.scatter(1, where, float("-inf")), dim=-1).numpy()
-                else:
-                    logits_out[start:stop, v] = logits.numpy().astype(dtype)
-                bar.update(stop - start)
-        bar.close()
-        arrays = [params_out] + ([top_values, top_index, rest] if cfg.top_k else [logits_out])
-        for array in arrays:
+        maps = {name: np.lib.format.open_memmap(work / name, mode="w+", dtype=dtype, shape=shape)
+                for name, (dtype, shape) in arrays.items()}
+        fill(maps)
+        for array in maps.values():
             array.flush()
-        del arrays, params_out
-        header.update(complete=True, seconds=round(time.perf_counter() - started, 3), device=str(device))
+        del maps
+        header.update(complete=True, seconds=round(time.perf_counter() - started, 3))
         write_text_atomic(work / HEADER, json.dumps(header, indent=2) + "\n")
         if path.exists():  # a stale or mismatched cache being rebuilt: swap it out, then delete it
             _check_replaceable(path, rebuild=True)
@@ -319,14 +286,61 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
     except BaseException:
         _discard(work, parent)  # interrupted: leave nothing that could pass for a cache
         raise
-    return TeacherCache(path, header, augmenter)
+    return header
 
 
-def open_cache(path: Path, fingerprint: dict[str, Any], augmenter: Augmenter | None) -> TeacherCache | None:
-    """Open a complete cache whose fingerprint matches; None when there is none (or only an interrupted one).
+def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: int, augmenter: Augmenter | None,
+                cfg: CacheConfig, fingerprint: dict[str, Any], device: torch.device, progress: bool = True) -> TeacherCache:
+    """Run the teacher over `views` augmented passes of `train` and store logits + augmentation choices.
 
-    A complete cache with a different fingerprint is a KdistillError naming what differs.
+    View v's choices are drawn from a generator seeded with `cfg.seed * 1_000_003 + v`, for
+    the whole split at once; the teacher runs in batches of `cfg.batch_size` on `device`.
     """
+    path = Path(path)
+    if cfg.top_k is not None and cfg.top_k >= num_classes:
+        raise KdistillError(f"distill.cache.top_k={cfg.top_k} must be smaller than the number of classes ({num_classes})")
+    n, views, k = len(train), cfg.views, cfg.top_k
+    columns = list(augmenter.columns) if augmenter is not None else []
+    header = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "num_classes": num_classes,
+              "param_columns": columns, "created_by": "kdistill cache-teacher", "device": str(device)}
+    dtype = np.float16 if cfg.dtype == "float16" else np.float32
+    arrays: dict[str, tuple[Any, tuple[int, ...]]] = {"params.npy": (np.int16, (n, views, len(columns)))}
+    if k:
+        arrays |= {"topk_logprobs.npy": (dtype, (n, views, k)), "topk_index.npy": (np.int32, (n, views, k)),
+                   "rest_logmass.npy": (np.float32, (n, views))}
+    else:
+        arrays["logits.npy"] = (dtype, (n, views, num_classes))
+
+    def fill(maps: dict[str, np.ndarray]) -> None:
+        teacher.to(device)
+        bar = tqdm(total=n * views, desc="teacher cache", unit="sample", leave=False, disable=None if progress else True)
+        for v in range(views):
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + v)
+            params = augmenter.draw(n, generator) if augmenter is not None else torch.zeros(n, 0, dtype=torch.long)
+            maps["params.npy"][:, v] = params.numpy().astype(np.int16)
+            for start in range(0, n, cfg.batch_size):
+                stop = min(n, start + cfg.batch_size)
+                inputs = train.inputs[start:stop]
+                if augmenter is not None:
+                    inputs = augmenter.apply(inputs, params[start:stop])
+                logits = teacher(inputs.to(device)).float().cpu()
+                if k:
+                    logprobs = torch.log_softmax(logits, dim=-1)
+                    values, where = logprobs.topk(k, dim=-1)
+                    maps["topk_logprobs.npy"][start:stop, v] = values.numpy().astype(dtype)
+                    maps["topk_index.npy"][start:stop, v] = where.numpy().astype(np.int32)
+                    maps["rest_logmass.npy"][start:stop, v] = torch.logsumexp(logprobs.scatter(1, where, float("-inf")), dim=-1).numpy()
+                else:
+                    maps["logits.npy"][start:stop, v] = logits.numpy().astype(dtype)
+                bar.update(stop - start)
+        bar.close()
+
+    return TeacherCache(path, write_cache_folder(path, header, arrays, fill), augmenter)
+
+
+def open_cache_header(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The header of the complete cache at `path` whose fingerprint matches; None when there is none (or only an
+    interrupted one). A complete cache with a different fingerprint is a KdistillError naming what differs."""
     path = Path(path)
     if not path.exists():
         return None
@@ -340,19 +354,34 @@ def open_cache(path: Path, fingerprint: dict[str, Any], augmenter: Augmenter | N
             f"teacher cache {path} was built for another setting ({'; '.join(diff[:3])}); "
             "rebuild it with `kdistill cache-teacher CONFIG --rebuild`, or set distill.cache.dir=<another dir>"
         )
-    return TeacherCache(path, header, augmenter)
+    return header
+
+
+def open_cache(path: Path, fingerprint: dict[str, Any], augmenter: Augmenter | None) -> TeacherCache | None:
+    """The matching vision cache at `path`, or None (see `open_cache_header`)."""
+    header = open_cache_header(path, fingerprint)
+    return TeacherCache(Path(path), header, augmenter) if header is not None else None
+
+
+def open_or_build(path: Path, fingerprint: dict[str, Any], opened: Callable[[dict[str, Any]], T],
+                  build: Callable[[], T], *, rebuild: bool = False) -> tuple[T, bool]:
+    """The matching cache at `path` (`opened(header)`), else `build()` when it is absent, interrupted or (with
+    `rebuild`) mismatched; returns (cache, built?)."""
+    path = Path(path)
+    _check_replaceable(path)
+    if not rebuild:
+        header = open_cache_header(path, fingerprint)
+        if header is not None:
+            return opened(header), False
+        if path.exists() and any(path.iterdir()):
+            print(f"kdistill: teacher cache {path} is incomplete (an interrupted build?); rebuilding it", file=sys.stderr)
+    return build(), True
 
 
 def open_or_build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: int, augmenter: Augmenter | None,
                         cfg: CacheConfig, fingerprint: dict[str, Any], device: torch.device, *,
                         rebuild: bool = False, progress: bool = True) -> tuple[TeacherCache, bool]:
-    """The matching cache at `path`, built if absent, interrupted or (with `rebuild`) mismatched; (cache, built?)."""
-    path = Path(path)
-    _check_replaceable(path)
-    if not rebuild:
-        cache = open_cache(path, fingerprint, augmenter)
-        if cache is not None:
-            return cache, False
-        if path.exists() and any(path.iterdir()):
-            print(f"kdistill: teacher cache {path} is incomplete (an interrupted build?); rebuilding it", file=sys.stderr)
-    return build_cache(path, teacher, train, num_classes, augmenter, cfg, fingerprint, device, progress), True
+    """The matching vision cache at `path`, built if absent, interrupted or (with `rebuild`) mismatched; (cache, built?)."""
+    return open_or_build(path, fingerprint, lambda header: TeacherCache(Path(path), header, augmenter),
+                         lambda: build_cache(path, teacher, train, num_classes, augmenter, cfg, fingerprint, device, progress),
+                         rebuild=rebuild)

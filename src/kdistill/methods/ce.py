@@ -1,4 +1,5 @@
-"""Plain supervised training: cross-entropy on the labels (teachers, students trained alone)."""
+"""Plain supervised training: cross-entropy on the labels (teachers, students trained alone); for causal LMs,
+on the next tokens."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdistill.data.splits import Batch
+from kdistill.losses.tokens import TokenStates, token_terms
 from kdistill.methods.base import Method, MethodParams, register
 
 
@@ -21,7 +23,10 @@ class CrossEntropy(Method):
     name = "ce"
     Params = CEParams
     needs_teacher = False
-    tasks = ("vision", "text")
+    tasks = ("vision", "text", "causal-lm")
 
-    def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, student_logits: torch.Tensor | TokenStates,
+                teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if isinstance(student_logits, TokenStates):  # a causal LM: the next-token CE, chunk by chunk
+            return {"ce": token_terms(student_logits, None, None, label_smoothing=self.params.label_smoothing)[0]}
         return {"ce": F.cross_entropy(student_logits.float(), batch.labels, label_smoothing=self.params.label_smoothing)}

@@ -12,11 +12,12 @@ from typing import Any
 from kdistill.config import apply_overrides, read_yaml
 from kdistill.errors import KdistillError
 from kdistill.tasks.base import OpenedRun, Task, role_of_config
+from kdistill.tasks.causal_lm import CausalLMTask
 from kdistill.tasks.text import TextClassificationTask
 from kdistill.tasks.vision import VisionTask
 
 # Asked in this order; vision (configs without a `task:` key) is the default.
-TASKS: tuple[Task, ...] = (TextClassificationTask(), VisionTask())
+TASKS: tuple[Task, ...] = (TextClassificationTask(), CausalLMTask(), VisionTask())
 
 
 def for_config(path: str | Path, overrides: list[str]) -> Task:

@@ -2,12 +2,13 @@
 
 A Task owns its configs (which raw configs it claims, how they load), its runs (train, distill, which run
 directories are its own, opening a finished one with its model and evaluation samples, its report row)
-and its export source. Vision classification and text classification are Tasks; causal language models
-come next on the same seam.
+and its export source. Vision classification and text classification and causal language models
+are Tasks.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from kdistill.errors import KdistillError
 from kdistill.export import ExportSource
 from kdistill.samples import TensorSamples, TextSamples
 
@@ -74,3 +76,22 @@ class Task(ABC):
     @abstractmethod
     def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:
         """A finished run as the exporter takes it (model, verification samples, example inputs, axes)."""
+
+    def cache_teacher(self, path: str | Path, overrides: list[str], *, rebuild: bool, progress: bool) -> Path:
+        """`kdistill cache-teacher CONFIG`: build (or check) the teacher cache of a distill config; its folder."""
+        raise KdistillError(f"{path}: kdistill cache-teacher does not apply to {self.name} runs")
+
+    def table(self, rows: list[dict[str, Any]]) -> str:
+        """The Markdown table the CLI prints for this task's report rows."""
+        from kdistill.report import format_table
+
+        return format_table(rows)
+
+
+def run_task_name(run_dir: Path) -> str | None:
+    """The `task` recorded in a run directory's model.json (None: a vision run, or no run at all)."""
+    try:
+        spec = json.loads((Path(run_dir) / "model.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return spec.get("task") if isinstance(spec, dict) else None

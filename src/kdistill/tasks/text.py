@@ -7,8 +7,8 @@ from typing import Any
 
 from kdistill.config import read_yaml
 from kdistill.export import ExportSource
-from kdistill.tasks.base import OpenedRun, Task, role_of_config
-from kdistill.text.runner import TASK, is_text_run, load_text_config
+from kdistill.tasks.base import OpenedRun, Task, role_of_config, run_task_name
+from kdistill.text.runner import TASK, load_text_config
 
 
 class TextClassificationTask(Task):
@@ -20,7 +20,7 @@ class TextClassificationTask(Task):
         return raw.get("task") == TASK
 
     def claims_run(self, run_dir: Path) -> bool:
-        return is_text_run(run_dir)
+        return run_task_name(run_dir) == TASK
 
     def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
         return load_text_config(path, overrides, distill=command == "distill")

@@ -11,7 +11,7 @@ from kdistill.config import DistillRunConfig, TrainRunConfig, load_config
 from kdistill.export import ExportSource
 from kdistill.rundir import is_run_dir
 from kdistill.samples import TensorSamples
-from kdistill.tasks.base import OpenedRun, Task, role_of_config
+from kdistill.tasks.base import OpenedRun, Task, role_of_config, run_task_name
 
 
 class VisionTask(Task):
@@ -23,9 +23,12 @@ class VisionTask(Task):
         return raw.get("task") is None
 
     def claims_run(self, run_dir: Path) -> bool:
-        from kdistill.text.runner import is_text_run
+        return is_run_dir(run_dir) and run_task_name(run_dir) is None
 
-        return is_run_dir(run_dir) and not is_text_run(run_dir)
+    def cache_teacher(self, path: str | Path, overrides: list[str], *, rebuild: bool, progress: bool) -> Path:
+        from kdistill.runner import run_cache_teacher
+
+        return run_cache_teacher(load_config(path, overrides, DistillRunConfig), rebuild=rebuild, progress=progress).path
 
     def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
         return load_config(path, overrides, TrainRunConfig if command == "train" else DistillRunConfig)

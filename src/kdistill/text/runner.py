@@ -42,7 +42,7 @@ def _hf_path(value: str, what: str) -> Path:
     return path
 
 
-def _device(cfg: TextTrainRunConfig | TextDistillRunConfig) -> str:
+def run_device(cfg: TextTrainRunConfig | TextDistillRunConfig) -> str:
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise KdistillError("train.device: cuda requested but no CUDA GPU is available; use train.device=cpu or auto")
     return "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -62,17 +62,17 @@ def require_text_extra() -> None:
         raise KdistillError(f"task: text-classification needs {', '.join(missing)}: pip install 'kdistill[text]'")
 
 
-def _join_processes(cfg: Any) -> distributed.Context:
+def join_processes(cfg: Any) -> distributed.Context:
     """Under torchrun, join the process group (the Trainer's DDP then uses it); `data.batch_size` is the global
     batch, split evenly over the processes, as in vision runs."""
-    ctx = distributed.init_from_env(torch.device(_device(cfg)))
+    ctx = distributed.init_from_env(torch.device(run_device(cfg)))
     if ctx.active and cfg.data.batch_size % ctx.world:
         raise KdistillError(f"data.batch_size={cfg.data.batch_size} is the global batch; with {ctx.world} processes "
                             f"it must be a multiple of {ctx.world}")
     return ctx
 
 
-def _quiet_transformers(progress: bool = False) -> None:
+def quiet_transformers(progress: bool = False) -> None:
     """Transformers' own progress bars and load reports are noise next to kdistill's output."""
     from transformers.utils import logging as hf_logging
 
@@ -88,7 +88,7 @@ def load_classifier(path: Path, what: str, labels: list[str] | None = None):
     """A sequence classifier and its tokenizer from a local folder; `labels` gives a new head its label names."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
 
     try:
         config = AutoConfig.from_pretrained(path)
@@ -124,7 +124,9 @@ def _tokenized(rows: list[dict], tokenizer: Any, max_length: int):
                   remove_columns=["text"]).rename_column("label", "labels")
 
 
-def _args(cfg: TextTrainRunConfig | TextDistillRunConfig, out: Path, n_train: int, progress: bool, distill: bool):
+def training_arguments(cfg: Any, out: Path, n_train: int, progress: bool, distill: bool, **changes: Any):
+    """The Trainer's arguments for a run of `cfg` (a text-classification or causal-LM config); `changes`
+    replace the classifier's choices (best model by validation accuracy, ...)."""
     from transformers import TrainingArguments
 
     from kdistill.text.trainer import DistillationTrainingArguments
@@ -136,7 +138,7 @@ def _args(cfg: TextTrainRunConfig | TextDistillRunConfig, out: Path, n_train: in
                   learning_rate=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                   warmup_steps=int(cfg.train.warmup_ratio * steps), lr_scheduler_type=cfg.train.scheduler,
                   gradient_accumulation_steps=cfg.train.grad_accum, bf16=cfg.train.precision == "bf16",
-                  use_cpu=_device(cfg) == "cpu", eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
+                  use_cpu=run_device(cfg) == "cpu", eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
                   load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
                   logging_strategy="epoch", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
                   disable_tqdm=not progress, dataloader_num_workers=0, save_only_model=False,
@@ -144,6 +146,7 @@ def _args(cfg: TextTrainRunConfig | TextDistillRunConfig, out: Path, n_train: in
                   # batch's mean. (Averaging token counts across processes makes the Trainer multiply the loss
                   # by the number of processes, which a classifier's mean loss must not get: 2x the gradient.)
                   average_tokens_across_devices=False)
+    common.update(changes)
     if distill:  # the loss is the config's method (DistillationTrainer's method=), not these arguments' alpha and T
         return DistillationTrainingArguments(**common)
     return TrainingArguments(**common)
@@ -154,7 +157,10 @@ def _accuracy_metric(prediction: Any) -> dict[str, float]:
     return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
 
 
-def _write_metrics(trainer: Any, out: Path) -> None:
+EVAL_TIMINGS = ("runtime", "samples_per_second", "steps_per_second")
+
+
+def write_trainer_metrics(trainer: Any, out: Path) -> None:
     epochs: dict[int, dict[str, Any]] = {}
     for entry in trainer.state.log_history:
         if "epoch" not in entry:
@@ -164,8 +170,8 @@ def _write_metrics(trainer: Any, out: Path) -> None:
         if "loss" in entry:  # and each term of the method (DistillationTrainer logs loss_<term>)
             rec.update(loss=entry["loss"], lr=entry.get("learning_rate"),
                        **{k.removeprefix("loss_"): v for k, v in entry.items() if k.startswith("loss_")})
-        if "eval_accuracy" in entry:
-            rec.update(val_accuracy=entry["eval_accuracy"], val_loss=entry.get("eval_loss"))
+        # eval_accuracy -> val_accuracy, eval_loss -> val_loss, eval_perplexity -> val_perplexity
+        rec.update({"val_" + k[5:]: v for k, v in entry.items() if k.startswith("eval_") and k[5:] not in EVAL_TIMINGS})
         if "train_runtime" in entry:
             rec["seconds_total"] = entry["train_runtime"]
     write_owned_text(out, "metrics.jsonl", "".join(json.dumps(r) + "\n" for _, r in sorted(epochs.items())))
@@ -261,14 +267,16 @@ def evaluate_text_model(model: Any, tokenizer: Any, data: TextSplits, split: str
     return row
 
 
-def _prepare(cfg: Any, out: Path, overwrite: bool, labels: list[str], protected: list[Path]) -> bool:
+def prepare_hf_run(cfg: Any, out: Path, overwrite: bool, labels: list[str] | None, protected: list[Path],
+                   task: str = TASK) -> bool:
+    """Make `out` ready for a run whose model is a Hugging Face folder (model.json: its task, classes)."""
     check_out_dir(out, protected=protected)
-    spec = {"task": TASK, "format": "huggingface", "classes": labels}
+    spec = {"task": task, "format": "huggingface"} | ({"classes": labels} if labels is not None else {})
     return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
 
 
-def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool,
-            cfg_threads: int | str) -> None:
+def train_and_save(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool,
+                   cfg_threads: int | str) -> None:
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -280,7 +288,7 @@ def _finish(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool,
     trainer.train(resume_from_checkpoint=last)
     if distributed.current().is_main:  # one process writes the run directory
         save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
-        _write_metrics(trainer, out)
+        write_trainer_metrics(trainer, out)
 
 
 @threads.counted
@@ -289,18 +297,18 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
     require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
 
-    ctx = _join_processes(cfg)
+    ctx = join_processes(cfg)
     data = load_text_splits(cfg.data)
     source = _hf_path(cfg.model, "model")
     set_seed(cfg.seed)
     model, tokenizer = load_classifier(source, "model", labels=data.labels)
     out = cfg.out_dir()
-    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, data.labels, [source])))
-    trainer = GuardedTrainer(model=model, args=_args(cfg, out, len(data.train), progress, distill=False),
+    resuming = ctx.broadcast_object(ctx.on_main(lambda: prepare_hf_run(cfg, out, overwrite, data.labels, [source])))
+    trainer = GuardedTrainer(model=model, args=training_arguments(cfg, out, len(data.train), progress, distill=False),
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
                       eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
-    _finish(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
+    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
     if not ctx.is_main:
         return {}  # rank 0 evaluates and reports
     row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
@@ -330,7 +338,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     from kdistill.text.trainer import CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator
 
     method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
-    ctx = _join_processes(cfg)
+    ctx = join_processes(cfg)
     data = load_text_splits(cfg.data)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
     teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
@@ -338,7 +346,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     set_seed(cfg.seed)
     student, student_tok = build_student(cfg, teacher, teacher_tok, data.labels)
     out = cfg.out_dir()
-    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, data.labels, [teacher_dir])))
+    resuming = ctx.broadcast_object(ctx.on_main(lambda: prepare_hf_run(cfg, out, overwrite, data.labels, [teacher_dir])))
     if same_tokenizer(student_tok, teacher_tok):
         train_ds = _tokenized(data.train, student_tok, cfg.data.max_length)
         val_ds = _tokenized(data.val, student_tok, cfg.data.max_length)
@@ -347,13 +355,13 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
         train_ds, val_ds = data.train, data.val
         collator = TeacherStudentCollator(student_tok, teacher_tok, max_length=cfg.data.max_length)
     if cfg.distill.cache_teacher_logits and method.needs_teacher:  # one teacher pass per split, not one per epoch
-        train_ds = with_teacher_logits(train_ds, data.train, teacher, teacher_tok, cfg.data.max_length, _device(cfg))
-        val_ds = with_teacher_logits(val_ds, data.val, teacher, teacher_tok, cfg.data.max_length, _device(cfg))
+        train_ds = with_teacher_logits(train_ds, data.train, teacher, teacher_tok, cfg.data.max_length, run_device(cfg))
+        val_ds = with_teacher_logits(val_ds, data.val, teacher, teacher_tok, cfg.data.max_length, run_device(cfg))
         collator = CachedLogitsCollator(collator)
-    trainer = DistillationTrainer(model=student, args=_args(cfg, out, len(data.train), progress, distill=True),
+    trainer = DistillationTrainer(model=student, args=training_arguments(cfg, out, len(data.train), progress, distill=True),
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                                   compute_metrics=_accuracy_metric, teacher_model=teacher, method=method)
-    _finish(trainer, student, student_tok, out, resuming, progress, cfg.train.threads)
+    train_and_save(trainer, student, student_tok, out, resuming, progress, cfg.train.threads)
     if not ctx.is_main:
         return {}  # rank 0 evaluates and reports
     write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
@@ -362,13 +370,6 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
                               teacher=teacher, teacher_tokenizer=teacher_tok)
     write_report([row], out / "report.json")
     return row
-
-
-def is_text_run(run_dir: Path) -> bool:
-    try:
-        return json.loads((Path(run_dir) / "model.json").read_text()).get("task") == TASK
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
 
 
 def load_finished_text_run(run_dir: Path, then: str = "evaluate it",

@@ -1,7 +1,8 @@
 """Students for Transformer teachers.
 
 `student_from_teacher`: DistilBERT's recipe (Sanh et al. 2019): the teacher's architecture with
-fewer layers, its embeddings, chosen layers, pooler and classifier copied from the teacher.
+fewer layers, its embeddings, chosen layers, pooler and classifier (or a causal LM's final norm and
+output head) copied from the teacher.
 `student_from_config`: the teacher's config with overrides (fewer/smaller layers), randomly
 initialised.
 """
@@ -16,7 +17,8 @@ from torch import nn
 
 from kdistill.errors import KdistillError
 
-_LAYER_KEY = re.compile(r"^(.*?\.layer\.)(\d+)(\..*)$")  # bert/roberta: encoder.layer.N.; distilbert: transformer.layer.N.
+# bert/roberta: encoder.layer.N.; distilbert: transformer.layer.N.; llama, qwen, mistral: model.layers.N.
+_LAYER_KEY = re.compile(r"^(.*?\.layers?\.)(\d+)(\..*)$")
 
 
 def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -60,7 +62,10 @@ def student_from_teacher(teacher: nn.Module, num_layers: int | None = None, laye
     bad = [i for i in layers if not 0 <= i < total]
     if not layers or bad:
         raise KdistillError(f"layers {layers}: each must be a layer index of the teacher (0..{total - 1})")
-    student = student_from_config(teacher, num_hidden_layers=len(layers))
+    overrides: dict[str, Any] = {"num_hidden_layers": len(layers)}
+    if isinstance(getattr(teacher.config, "layer_types", None), list):  # per-layer kinds (sliding/full attention)
+        overrides["layer_types"] = [teacher.config.layer_types[i] for i in layers]
+    student = student_from_config(teacher, **overrides)
     source = teacher.state_dict()
     target = student.state_dict()
     loaded: dict[str, Any] = {}

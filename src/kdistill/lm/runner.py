@@ -1,0 +1,224 @@
+"""`kdistill train` / `distill` / `cache-teacher` / `evaluate` for `task: causal-lm` (Hugging Face causal LMs).
+
+A causal-LM run directory is laid out as a text run's: kdistill's `config.yaml`, `model.json` (task
+causal-lm), `metrics.jsonl` and `report.json`, beside the model's `save_pretrained` output and tokenizer, so
+the run directory loads with `AutoModelForCausalLM.from_pretrained` and can teach another run. The
+Trainer's checkpoints (for resume) are in `state/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from kdistill import threads
+from kdistill.config import format_validation_error, load_config, read_yaml, validate_config
+from kdistill.errors import KdistillError
+from kdistill.lm.config import TASK, LMDistillRunConfig, LMTrainRunConfig
+from kdistill.lm.data import LMDataConfig, LMSplits, load_lm_splits
+from kdistill.lm.models import (check_same_vocabulary, hf_folder, load_causal_lm, require_lm_extra, student_from_spec)
+from kdistill.report import report_row, write_report
+from kdistill.rundir import write_owned_text
+
+
+def load_lm_config(path: str | Path, overrides: list[str], distill: bool) -> LMTrainRunConfig | LMDistillRunConfig:
+    return load_config(path, overrides, LMDistillRunConfig if distill else LMTrainRunConfig)
+
+
+def _lm_arguments(cfg: Any, out: Path, blocks: int, progress: bool) -> Any:
+    from kdistill.text.runner import training_arguments
+
+    # Best epoch by validation CE; items are our own blocks (no column pruning); the scored-token count is global.
+    return training_arguments(cfg, out, blocks, progress, distill=False, metric_for_best_model="loss",
+                              greater_is_better=False, remove_unused_columns=False, average_tokens_across_devices=True)
+
+
+def _train_tokens_per_s(trainer: Any, block_size: int) -> float | None:
+    entry = next((e for e in reversed(trainer.state.log_history) if "train_samples_per_second" in e), None)
+    return float(entry["train_samples_per_second"]) * block_size if entry else None
+
+
+def _fit(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, method: Any, out: Path, resuming: bool, progress: bool,
+         teacher: Any = None, cache: Any = None, chunk: int = 1024) -> Any:
+    from transformers import default_data_collator
+
+    from kdistill.lm.trainer import BlockDataset, TokenTrainer
+    from kdistill.text.runner import train_and_save
+
+    trainer = TokenTrainer(model=model, args=_lm_arguments(cfg, out, len(data.train), progress),
+                           train_dataset=BlockDataset(data.train, cache), eval_dataset=BlockDataset(data.val),
+                           data_collator=default_data_collator, method=method, teacher=teacher, chunk_tokens=chunk,
+                           cache_temperature=float(cache.header["fingerprint"]["temperature"]) if cache else 1.0)
+    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
+    return trainer
+
+
+def _report(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, split: str, out: Path, role: str, teacher: Any,
+            chunk: int, train_tokens_per_s: float | None) -> dict[str, Any]:
+    from kdistill.lm.evaluate import lm_report_row
+
+    return lm_report_row(model, tokenizer, data.split(split), name=cfg.name, role=role, dataset=data.name, split=split,
+                         out=out, seed=cfg.seed, config_sha256=cfg.sha256(), teacher=teacher, chunk=chunk,
+                         batch_size=cfg.data.eval_batch_size, train_tokens_per_s=train_tokens_per_s)
+
+
+def _prepare(cfg: Any, out: Path, overwrite: bool, protected: list[Path]) -> bool:
+    from kdistill.text.runner import prepare_hf_run
+
+    return prepare_hf_run(cfg, out, overwrite, None, protected, task=TASK)
+
+
+@threads.counted
+def run_lm_train(cfg: LMTrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a causal LM on next-token CE alone (a student trained alone, or fine-tuning); the test report row."""
+    require_lm_extra()
+    from transformers import set_seed
+
+    from kdistill.methods import build_method
+    from kdistill.text.runner import join_processes
+
+    ctx = join_processes(cfg)
+    source = hf_folder(cfg.model if isinstance(cfg.model, str) else cfg.model.base, "model")
+    set_seed(cfg.seed)
+    model, tokenizer = load_causal_lm(source, "model")
+    if not isinstance(cfg.model, str):  # built from `base` exactly as distill builds a student from its teacher
+        set_seed(cfg.seed)
+        model = student_from_spec(cfg.model, model)
+    data = load_lm_splits(cfg.data, tokenizer)
+    out = cfg.out_dir()
+    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, [source])))
+    trainer = _fit(cfg, model, tokenizer, data, build_method("ce", {}), out, resuming, progress, chunk=cfg.chunk_tokens)
+    if not ctx.is_main:
+        return {}
+    row = _report(cfg, model, tokenizer, data, "test", out, cfg.role, None, cfg.chunk_tokens,
+                  _train_tokens_per_s(trainer, cfg.data.block_size))
+    write_report([row], out / "report.json")
+    return row
+
+
+def _build_student(cfg: LMDistillRunConfig, teacher: Any, teacher_tok: Any, teacher_dir: Path) -> tuple[Any, Any]:
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    if isinstance(cfg.student, str):
+        path = hf_folder(cfg.student, "student")
+        student, student_tok = load_causal_lm(path, "student")
+        check_same_vocabulary(teacher_tok, student_tok, str(teacher_dir), str(path))
+        return student, student_tok
+    return student_from_spec(cfg.student, teacher), teacher_tok
+
+
+def _cache_temperature(method: Any) -> float:
+    """The one temperature of the method's teacher terms (a cache holds the teacher's top-k at one temperature)."""
+    values = {float(getattr(m.params, "temperature", 1.0)) for m in method.members() if m.needs_teacher}
+    if len(values) > 1:
+        raise KdistillError(f"distill.teacher_outputs: cached stores the teacher at one temperature; the method's terms "
+                            f"use {sorted(values)}: give them one temperature, or use teacher_outputs: live")
+    return values.pop() if values else 1.0
+
+
+def _open_cache(cfg: LMDistillRunConfig, method: Any, teacher: Any, teacher_tok: Any, teacher_dir: Path, data: LMSplits,
+                *, rebuild: bool = False, progress: bool = True) -> tuple[Any, bool]:
+    from kdistill.lm.cache import default_lm_cache_dir, lm_cache_fingerprint, open_or_build_lm_cache
+    from kdistill.text.runner import run_device
+
+    settings = cfg.distill.cache
+    fingerprint = lm_cache_fingerprint(teacher, teacher_tok, data.name, data.train, settings.top_k,
+                                       _cache_temperature(method), settings.dtype)
+    path = Path(settings.dir) if settings.dir else default_lm_cache_dir(teacher_dir, fingerprint)
+    if path is None:
+        raise KdistillError(f"distill.cache.dir: the teacher {teacher_dir} is not a folder kdistill wrote (an import-gguf "
+                            "folder or a run), so the cache cannot go inside it; set distill.cache.dir=<a new folder>")
+    return open_or_build_lm_cache(path, teacher, data.train, int(teacher.config.vocab_size), fingerprint,
+                                  settings.batch_size, torch.device(run_device(cfg)), rebuild=rebuild, progress=progress)
+
+
+def _distill_setup(cfg: LMDistillRunConfig) -> tuple[Any, Any, Any, Path, Any, Any, LMSplits]:
+    """(method, teacher, teacher tokenizer, teacher folder, student, student tokenizer, data), checked."""
+    require_lm_extra()
+    method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
+    teacher_dir = hf_folder(cfg.teacher, "teacher")
+    teacher, teacher_tok = load_causal_lm(teacher_dir, "teacher")
+    student, student_tok = _build_student(cfg, teacher, teacher_tok, teacher_dir)
+    data = load_lm_splits(cfg.data, teacher_tok)
+    return method, teacher, teacher_tok, teacher_dir, student, student_tok, data
+
+
+def run_lm_cache_teacher(cfg: LMDistillRunConfig, *, rebuild: bool = False, progress: bool = True) -> Any:
+    """`kdistill cache-teacher` of a causal-LM distill config: build (or check) its top-k teacher cache."""
+    method, teacher, teacher_tok, teacher_dir, _, _, data = _distill_setup(cfg)
+    if not method.needs_teacher:
+        raise KdistillError(f"distill.method {method.name!r} does not read the teacher; there is nothing to cache")
+    cache, _ = _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, rebuild=rebuild, progress=progress)
+    return cache
+
+
+@threads.counted
+def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Distil the teacher into the student on next-token distributions; the test report row."""
+    from kdistill.text.runner import join_processes
+
+    ctx = join_processes(cfg)
+    method, teacher, teacher_tok, teacher_dir, student, student_tok, data = _distill_setup(cfg)
+    out = cfg.out_dir()
+    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, [teacher_dir])))
+    cache = None
+    if cfg.distill.teacher_outputs == "cached" and method.needs_teacher:
+        ctx.on_main(lambda: _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, progress=progress))
+        ctx.barrier()  # built once, by rank 0; then every process opens it
+        cache, _ = _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, progress=progress)
+        if ctx.is_main:
+            print(f"kdistill: teacher cache {cache.path} ({cache.bytes_per_token:.0f} bytes/token)")
+    live = teacher if cache is None else None
+    trainer = _fit(cfg, student, student_tok, data, method, out, resuming, progress, teacher=live, cache=cache,
+                   chunk=cfg.distill.chunk_tokens)
+    if not ctx.is_main:
+        return {}
+    record = {"path": str(teacher_dir.resolve())} | ({"cache": str(cache.path.resolve()),
+                                                     "cache_bytes_per_token": cache.bytes_per_token} if cache else {})
+    write_owned_text(out, "teacher.json", json.dumps(record, indent=2) + "\n")
+    row = _report(cfg, student, student_tok, data, "test", out, "distilled", teacher, cfg.distill.chunk_tokens,
+                  _train_tokens_per_s(trainer, cfg.data.block_size))
+    write_report([row], out / "report.json")
+    return row
+
+
+def load_finished_lm_run(run_dir: Path, then: str = "evaluate it", data_overrides: dict[str, Any] | None = None,
+                         ) -> tuple[Any, LMSplits, Any, Any]:
+    """A finished causal-LM run's config, data (with `data_overrides`), model (eval, CPU) and tokenizer."""
+    require_lm_extra()
+    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
+        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
+    raw = read_yaml(run_dir / "config.yaml")
+    cfg = validate_config(raw, LMDistillRunConfig if "student" in raw else LMTrainRunConfig, source=str(run_dir / "config.yaml"))
+    if data_overrides:
+        try:
+            cfg.data = LMDataConfig.model_validate({**cfg.data.model_dump(), **data_overrides})
+        except ValidationError as exc:
+            raise KdistillError(format_validation_error(exc, "--data")) from None
+    model, tokenizer = load_causal_lm(run_dir, str(run_dir))
+    return cfg, load_lm_splits(cfg.data, tokenizer), model, tokenizer
+
+
+def run_teacher(run_dir: Path) -> Any:
+    """The teacher of a finished distill run (from its teacher.json), or None when it is gone."""
+    record = json.loads((run_dir / "teacher.json").read_text()) if (run_dir / "teacher.json").is_file() else {}
+    path = Path(record["path"]) if record.get("path") else None
+    return load_causal_lm(path, "teacher")[0] if path is not None and (path / "config.json").is_file() else None
+
+
+def evaluate_lm_run(run_dir: str | Path, split: str = "test", data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`kdistill evaluate` of a causal-LM run directory."""
+    run_dir = Path(run_dir)
+    cfg, data, model, tokenizer = load_finished_lm_run(run_dir, data_overrides=data_overrides)
+    distill = isinstance(cfg, LMDistillRunConfig)
+    chunk = cfg.distill.chunk_tokens if distill else cfg.chunk_tokens
+    speed = report_row(run_dir).get("train_tokens_per_s")  # measured while training; evaluate does not train
+    row = _report(cfg, model, tokenizer, data, split, run_dir, "distilled" if distill else cfg.role,
+                  run_teacher(run_dir) if distill else None, chunk, speed)
+    write_report([row], run_dir / ("report.json" if split == "test" else f"report-{split}.json"))
+    return row

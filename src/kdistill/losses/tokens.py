@@ -1,0 +1,202 @@
+"""Token-level distillation losses for causal language models, computed in bounded chunks of tokens.
+
+Every divergence takes two (tokens, bins) tables of log-probabilities, the teacher's `p` and the
+student's `q`, and returns one value per token. A bin is a vocabulary entry (dense teacher) or, for a
+teacher stored as its top-k (`TopK`), one of its k tokens plus one *tail* bin holding all the mass
+outside them, so the tail is counted, not dropped or spread. With k = vocabulary the tail is empty and
+the top-k loss is the dense loss; with k < vocabulary it is the exact divergence of the two distributions
+coarse-grained to k + 1 bins (a lower bound of the dense one, by the data-processing inequality).
+Reading top-k log-probabilities as a whole distribution (renormalising them) is not that: see
+`tests/test_token_losses.py`.
+
+- forward KL, KL(p ‖ q) (Hinton et al. 2015, per token: the usual sequence-level KD of Kim & Rush 2016
+  is its sampled form);
+- reverse KL, KL(q ‖ p) (MiniLLM, Gu et al. 2024);
+- generalised JSD(β) = β·KL(p ‖ m) + (1 − β)·KL(q ‖ m), m = β·p + (1 − β)·q, with β = 0 defined as forward
+  KL and β = 1 as reverse KL (GKD, Agarwal et al. 2024, and TRL's `generalized_jsd_loss`; the mixture form
+  itself goes to 0 at both ends, so the ends are the KLs by definition, not by continuity);
+- skew KL, KL(p ‖ α·p + (1 − α)·q), and skew reverse KL, KL(q ‖ α·q + (1 − α)·p) (DistiLLM, Ko et al. 2024);
+- total variation, ½·Σ|p − q| (e.g. Wen et al. 2023, f-divergence KD).
+
+`token_terms` computes the next-token cross-entropy and one divergence from the student's final hidden
+states and output head, `chunk` tokens at a time under activation checkpointing: the forward pass holds
+one chunk's (chunk × vocabulary) logits, and the backward pass recomputes them chunk by chunk, so memory
+is bounded by the chunk, not by batch × length × vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KL(A ‖ B) per row from log-probabilities; bins where A has no mass add 0 (0 · log 0 = 0)."""
+    term = torch.where(a > -math.inf, a.exp() * (a - b), torch.zeros((), dtype=a.dtype, device=a.device))
+    return term.sum(-1)
+
+
+def _mix(a: torch.Tensor, b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w · A + (1 − w) · B) from log-probabilities."""
+    return torch.logsumexp(torch.stack([a + math.log(weight_a), b + math.log1p(-weight_a)]), dim=0)
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision inputs; float64 stays float64 (the tests compute in it)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def forward_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per token: mass-covering (the student spreads over every mode of the teacher)."""
+    return _kl(p, q)
+
+
+def reverse_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(q ‖ p) per token: mode-seeking."""
+    return _kl(q, p)
+
+
+def generalized_jsd(p: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
+    """GKD's JSD(β) per token; β = 0 is forward KL, β = 1 reverse KL (see the module docstring)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return _kl(p, q)
+    if beta == 1.0:
+        return _kl(q, p)
+    m = _mix(p, q, beta)
+    return beta * _kl(p, m) + (1.0 - beta) * _kl(q, m)
+
+
+def skew_kl(p: torch.Tensor, q: torch.Tensor, skew: float) -> torch.Tensor:
+    """DistiLLM's skew KL, KL(p ‖ skew·p + (1 − skew)·q), per token; skew = 0 is forward KL."""
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"skew must be in [0, 1), got {skew}")
+    return _kl(p, q if skew == 0.0 else _mix(p, q, skew))
+
+
+def skew_reverse_kl(p: torch.Tensor, q: torch.Tensor, skew: float) -> torch.Tensor:
+    """DistiLLM's skew reverse KL, KL(q ‖ skew·q + (1 − skew)·p), per token; skew = 0 is reverse KL."""
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"skew must be in [0, 1), got {skew}")
+    return _kl(q, p if skew == 0.0 else _mix(q, p, skew))
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """½ Σ |p − q| per token, in [0, 1]."""
+    return 0.5 * (p.exp() - q.exp()).abs().sum(-1)
+
+
+@dataclass
+class TopK:
+    """A teacher's next-token distribution kept as its k most likely tokens: log-probabilities (N, k),
+    token ids (N, k) and the log of the mass left outside them (N,), all at `temperature` (the loss must use
+    the same one: the tail's mass at another temperature cannot be recovered from it)."""
+
+    logprobs: torch.Tensor
+    ids: torch.Tensor
+    tail_logmass: torch.Tensor
+    temperature: float = 1.0
+
+    def rows(self, index: torch.Tensor | slice) -> "TopK":
+        return TopK(self.logprobs[index], self.ids[index], self.tail_logmass[index], self.temperature)
+
+
+def top_k_of(logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopK:
+    """The top-k form of dense logits (N, V) at `temperature`; k = V keeps every token (empty tail)."""
+    logprobs = torch.log_softmax(_up(logits) / temperature, dim=-1)
+    values, ids = logprobs.topk(k, dim=-1)
+    if k == logits.shape[-1]:
+        tail = torch.full(values.shape[:-1], -math.inf, dtype=values.dtype)
+    else:
+        tail = torch.logsumexp(logprobs.scatter(-1, ids, -math.inf), dim=-1)
+    return TopK(values, ids, tail.to(values.device), temperature)
+
+
+def binned(student_logprobs: torch.Tensor, teacher: TopK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-probabilities (N, k[+1]) over the teacher's k tokens and, when k is smaller
+    than the vocabulary, the tail bin (everything else)."""
+    p = _up(teacher.logprobs)
+    q = student_logprobs.gather(-1, teacher.ids.long())
+    if teacher.ids.shape[-1] == student_logprobs.shape[-1]:  # every token kept: no tail bin
+        return p, q
+    q_tail = torch.logsumexp(student_logprobs.scatter(-1, teacher.ids.long(), -math.inf), dim=-1)
+    return torch.cat([p, _up(teacher.tail_logmass)[:, None]], -1), torch.cat([q, q_tail[:, None]], -1)
+
+
+@dataclass
+class TeacherHidden:
+    """A live teacher's final hidden states (N, d) at the positions being scored and its output head: the
+    teacher's logits are made chunk by chunk, never for all tokens at once. Constants (no graph)."""
+
+    hidden: torch.Tensor
+    head: torch.Tensor
+    head_bias: torch.Tensor | None = None
+
+    def logits(self, index: slice) -> torch.Tensor:
+        return F.linear(self.hidden[index], self.head, self.head_bias)
+
+
+@dataclass
+class TokenStates:
+    """The student's side of a causal-LM loss, at the N positions that are scored (their next token is a
+    label): final hidden states (N, d) with their graph, the output head's weight (V, d) and bias, the
+    next tokens (N,), and the chunk size (tokens per piece of the loss)."""
+
+    hidden: torch.Tensor
+    head: torch.Tensor
+    labels: torch.Tensor
+    head_bias: torch.Tensor | None = None
+    chunk: int = 1024
+
+    @property
+    def tokens(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _chunk_sums(student: TokenStates, teacher: TopK | TeacherHidden | None, divergence: Divergence | None,
+                temperature: float, label_smoothing: float, index: slice, hidden: torch.Tensor,
+                head: torch.Tensor) -> torch.Tensor:
+    """[Σ CE, Σ divergence] over the tokens of one chunk."""
+    logits = _up(F.linear(hidden, head, student.head_bias))
+    logprobs = torch.log_softmax(logits, dim=-1)
+    ce = F.cross_entropy(logprobs, student.labels[index], reduction="sum", label_smoothing=label_smoothing)
+    if divergence is None or teacher is None:
+        return torch.stack([ce, torch.zeros((), dtype=ce.dtype, device=ce.device)])
+    q_all = logprobs if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
+    if isinstance(teacher, TopK):
+        p, q = binned(q_all, teacher.rows(index))
+    else:
+        p = torch.log_softmax(_up(teacher.logits(index)) / temperature, dim=-1)
+        q = q_all
+    return torch.stack([ce, divergence(p, q).sum()])
+
+
+def token_terms(student: TokenStates, teacher: TopK | TeacherHidden | None, divergence: Divergence | None, *,
+                temperature: float = 1.0, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean next-token CE, mean divergence) over the student's scored tokens, chunk by chunk (module
+    docstring); the divergence is 0 without a teacher or a divergence. Not scaled by T² here."""
+    if isinstance(teacher, TopK) and divergence is not None and teacher.temperature != temperature:
+        raise ValueError(f"the teacher's top-k was taken at temperature {teacher.temperature}, the loss uses {temperature}")
+    if student.tokens == 0:  # no scored token: a zero with a graph through every student input, so backward runs
+        zero = student.hidden.sum() * 0.0 + student.head.sum() * 0.0
+        if student.head_bias is not None:
+            zero = zero + student.head_bias.sum() * 0.0
+        return zero, zero
+    sums = []
+    for start in range(0, student.tokens, student.chunk):
+        index = slice(start, min(start + student.chunk, student.tokens))
+        fn = lambda h, w, index=index: _chunk_sums(student, teacher, divergence, temperature, label_smoothing, index, h, w)
+        if torch.is_grad_enabled() and (student.hidden.requires_grad or student.head.requires_grad):
+            sums.append(checkpoint(fn, student.hidden[index], student.head, use_reentrant=False))
+        else:
+            sums.append(fn(student.hidden[index], student.head))
+    total = torch.stack(sums).sum(0) / student.tokens
+    return total[0], total[1]

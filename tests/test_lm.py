@@ -1,0 +1,275 @@
+"""`task: causal-lm`: data, students, the trainer's loss, the top-k cache and the CLI end to end, on a slice of
+Debian's python3.11-doc (tests/data/python-doc) with a tiny random Llama and a BPE tokenizer trained here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import one_line_error, run_cli, tree_digest, write_yaml
+
+transformers = pytest.importorskip("transformers")
+
+from kdistill.cli import main  # noqa: E402
+from kdistill.lm.data import IGNORE, Document, LMDataConfig, load_lm_splits, pack, read_documents  # noqa: E402
+
+DOCS = Path(__file__).resolve().parent / "data" / "python-doc"
+VOCAB = 320
+
+
+def make_tokenizer(folder: Path, vocab: int = VOCAB, seed_text: str = "") -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the test corpus (offline, a second)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [p.read_text() for p in sorted(DOCS.glob("*.txt"))] + [seed_text]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def make_llama(folder: Path, tokenizer, layers: int = 3, hidden: int = 32, seed: int = 0) -> None:
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, tie_word_embeddings=True,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+DATA = {"root": str(DOCS), "block_size": 32, "batch_size": 8, "holdout_every": 9, "max_train_tokens": 4000,
+        "max_eval_tokens": 1000}
+
+
+@pytest.fixture(scope="module")
+def lm_base(tmp_path_factory) -> Path:
+    """A tiny random Llama (3 layers, width 32) with the BPE tokenizer, as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("lm") / "base"
+    make_llama(folder, make_tokenizer(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lm_teacher(lm_base, tmp_path_factory) -> Path:
+    """The tiny Llama trained for 2 epochs as a causal-LM teacher run (kdistill train)."""
+    out = tmp_path_factory.mktemp("lm") / "teacher"
+    cfg = write_yaml(out.parent / "teacher.yaml", {"task": "causal-lm", "name": "teacher", "role": "teacher",
+                                                   "model": f"hf:{lm_base}", "data": DATA,
+                                                   "train": {"epochs": 2, "lr": 5e-3}, "out": str(out)})
+    assert main(["train", str(cfg), "-q"]) == 0
+    return out
+
+
+def lm_config(tmp_path: Path, teacher: Path, **distill) -> dict:
+    return {"task": "causal-lm", "name": "student", "teacher": str(teacher),
+            "student": {"from_teacher": {"layers": [0, 2]}}, "data": DATA, "train": {"epochs": 1, "lr": 5e-3},
+            "distill": {"method": "forward_kl", "alpha": 0.5, **distill}, "out": str(tmp_path / "student")}
+
+
+# --- data -------------------------------------------------------------------------------------------------
+
+
+def test_documents_are_split_by_file_every_nth_to_validation_and_test():
+    docs = read_documents(LMDataConfig(root=str(DOCS), holdout_every=9))
+    files = sorted(DOCS.glob("*.txt"))
+    texts = [p.read_text() for p in files]
+    assert [d.text for d in docs["test"]] == texts[8::9]
+    assert [d.text for d in docs["val"]] == texts[7::9]
+    assert len(docs["train"]) + len(docs["val"]) + len(docs["test"]) == len(files)
+
+
+def test_packing_puts_eos_between_documents_and_labels_the_next_token(lm_base):
+    tok = transformers.AutoTokenizer.from_pretrained(lm_base)
+    docs = [Document("import os"), Document("print(1)")]
+    blocks = pack(docs, tok, block_size=4)
+    stream = tok("import os")["input_ids"] + [tok.eos_token_id] + tok("print(1)")["input_ids"] + [tok.eos_token_id]
+    n = len(stream) // 4
+    assert blocks.input_ids.flatten().tolist() == stream[: n * 4]
+    for b in range(n):  # label t is token t + 1 of the same block; the block's last position has none
+        assert blocks.labels[b, :-1].tolist() == blocks.input_ids[b, 1:].tolist()
+        assert blocks.labels[b, -1] == IGNORE
+
+
+def test_prompt_tokens_are_context_not_targets(lm_base, tmp_path):
+    tok = transformers.AutoTokenizer.from_pretrained(lm_base)
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"q": f"question {i}?", "a": f" answer {i}."} for i in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = LMDataConfig(root=str(path), prompt_field="q", completion_field="a", block_size=32, holdout_every=4)
+    split = load_lm_splits(cfg, tok).train
+    ids, labels = split.input_ids.flatten().tolist(), split.labels.flatten().tolist()
+    prompt = tok("question 0?")["input_ids"]
+    answer = tok(" answer 0.")["input_ids"]
+    assert ids[: len(prompt) + len(answer)] == prompt + answer
+    # positions before the prompt's last token predict prompt tokens: not scored; from there on, the answer is
+    assert labels[: len(prompt) - 1] == [IGNORE] * (len(prompt) - 1)
+    assert labels[len(prompt) - 1 : len(prompt) - 1 + len(answer)] == answer
+
+
+def test_bad_data_is_one_line(tmp_path, capsys, lm_teacher):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n')
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"data": {"root": str(bad)}})
+    assert main(["distill", str(cfg)]) == 2
+    one_line_error(capsys, "line 2", "'text'")
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "a.txt").write_text("only one file")
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"data": {"root": str(few)}})
+    assert main(["distill", str(cfg)]) == 2
+    one_line_error(capsys, "no val documents", "holdout_every")
+
+
+# --- students and tokenizers -------------------------------------------------------------------------------
+
+
+def test_student_from_all_teacher_layers_is_the_teacher(lm_base):
+    from kdistill.lm.models import load_causal_lm, student_from_spec
+    from kdistill.lm.config import LMStudentSpec
+
+    teacher, tok = load_causal_lm(lm_base, "teacher")
+    same = student_from_spec(LMStudentSpec(from_teacher={"layers": [0, 1, 2]}), teacher).eval()
+    pruned = student_from_spec(LMStudentSpec(from_teacher={"layers": [0, 2]}), teacher).eval()
+    ids = tok("def main():\n    return 0", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(same(ids).logits, teacher(ids).logits)
+        assert pruned.config.num_hidden_layers == 2
+        assert torch.equal(pruned.model.layers[1].mlp.up_proj.weight, teacher.model.layers[2].mlp.up_proj.weight)
+
+
+def test_a_student_with_another_vocabulary_is_refused_naming_both(tmp_path, lm_teacher, capsys):
+    other = tmp_path / "other"
+    make_llama(other, make_tokenizer(other, vocab=300, seed_text="zebra " * 50))
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"student": f"hf:{other}"})
+    assert main(["distill", str(cfg)]) == 2
+    one_line_error(capsys, str(lm_teacher), str(other), "one vocabulary")
+    assert not (tmp_path / "student").exists()
+
+
+# --- the trainer's loss --------------------------------------------------------------------------------------
+
+
+def _trainer(tmp_path, student, teacher, method, data, cache=None, grad_accum=1, batch=8):
+    from transformers import TrainingArguments, default_data_collator
+
+    from kdistill.lm.trainer import BlockDataset, TokenTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=batch, use_cpu=True,
+                             report_to="none", remove_unused_columns=False, gradient_accumulation_steps=grad_accum,
+                             learning_rate=1e-2, lr_scheduler_type="constant", max_steps=1, max_grad_norm=1e9,
+                             average_tokens_across_devices=True, seed=0, save_strategy="no", logging_strategy="no",
+                             optim="sgd", disable_tqdm=True)
+    return TokenTrainer(model=student, args=args, train_dataset=BlockDataset(data.train, cache),
+                        data_collator=default_data_collator, method=method, teacher=teacher,
+                        cache_temperature=cache.header["fingerprint"]["temperature"] if cache else 1.0)
+
+
+def test_the_loss_of_a_full_vocabulary_cache_equals_the_live_teachers(lm_teacher, tmp_path):
+    from transformers import default_data_collator
+
+    from kdistill.lm.cache import build_lm_cache, lm_cache_fingerprint
+    from kdistill.lm.models import load_causal_lm
+    from kdistill.lm.trainer import BlockDataset
+    from kdistill.methods import build_method
+
+    teacher, tok = load_causal_lm(lm_teacher, "teacher")
+    student, _ = load_causal_lm(lm_teacher, "student")
+    data = load_lm_splits(LMDataConfig(**DATA), tok)
+    fingerprint = lm_cache_fingerprint(teacher, tok, data.name, data.train, len(tok), 2.0, "float32")
+    cache = build_lm_cache(tmp_path / "cache", teacher, data.train, len(tok), fingerprint, 4, torch.device("cpu"), False)
+    method = build_method("jsd", {"alpha": 0.2, "temperature": 2.0, "beta": 0.3})
+    batch = default_data_collator([BlockDataset(data.train, cache)[i] for i in range(4)])
+    cached = _trainer(tmp_path, student, None, method, data, cache).compute_loss(student, batch)
+    live_batch = {k: batch[k] for k in ("input_ids", "labels", "shift_labels")}
+    live = _trainer(tmp_path, student, teacher, method, data).compute_loss(student, live_batch)
+    assert float(cached.detach()) == pytest.approx(float(live.detach()), rel=1e-5)
+    assert cache.bytes_per_token == len(tok) * (4 + 2) + 4  # float32 values, uint16 ids, a float32 tail
+
+
+def test_gradient_accumulation_of_two_halves_is_one_batch(lm_teacher, tmp_path):
+    from kdistill.lm.models import load_causal_lm
+    from kdistill.methods import build_method
+
+    teacher, tok = load_causal_lm(lm_teacher, "teacher")
+    data = load_lm_splits(LMDataConfig(**DATA), tok)
+    results = []
+    for accum, batch in ((1, 8), (2, 4)):
+        torch.manual_seed(0)
+        student, _ = load_causal_lm(lm_teacher, "student")
+        trainer = _trainer(tmp_path, student, teacher, build_method("reverse_kl", {"alpha": 0.5}), data,
+                           grad_accum=accum, batch=batch)
+        trainer.train()
+        results.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_the_teacher_never_trains_and_builds_no_graph(lm_teacher, tmp_path):
+    from kdistill.lm.models import load_causal_lm
+    from kdistill.methods import build_method
+
+    teacher, tok = load_causal_lm(lm_teacher, "teacher")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append((m.training, torch.is_inference_mode_enabled())))
+    student, _ = load_causal_lm(lm_teacher, "student")
+    student.train()
+    trainer = _trainer(tmp_path, student, teacher, build_method("forward_kl", {}), load_lm_splits(LMDataConfig(**DATA), tok))
+    trainer.train()
+    assert calls and all(not training and inference for training, inference in calls)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+# --- the CLI, end to end ------------------------------------------------------------------------------------
+
+
+def test_train_cache_distill_evaluate_from_the_cli(lm_teacher, tmp_path):
+    teacher_files = {k: v for k, v in tree_digest(lm_teacher).items() if not k.startswith("teacher-cache/")}
+    config = write_yaml(tmp_path / "d.yaml", lm_config(tmp_path, lm_teacher, teacher_outputs="cached",
+                                                       cache={"top_k": 8}))
+    built = run_cli("cache-teacher", str(config), "-q")
+    assert built.returncode == 0, built.stderr
+    cache = Path(built.stdout.strip().split("teacher cache: ")[1])
+    assert cache.parent == lm_teacher / "teacher-cache"
+    header = json.loads((cache / "header.json").read_text())
+    assert header["complete"] and header["bytes_per_token"] == 8 * 4 + 4
+    done = run_cli("distill", str(config), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "perplexity" in done.stdout and "KL(teacher‖student)" in done.stdout
+    row = json.loads((tmp_path / "student" / "report.json").read_text())["rows"][0]
+    assert row["role"] == "distilled" and row["task"] == "causal-lm"
+    assert math.isfinite(row["perplexity"]) and row["kl_to_teacher"] > 0 and 0 <= row["top1_agreement"] <= 1
+    assert row["generation"]["samples"] and row["generation"]["tokens_per_s"] > 0
+    metrics = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert {"ce", "forward_kl", "val_loss", "val_perplexity"} <= set(metrics[-1])
+    record = json.loads((tmp_path / "student" / "teacher.json").read_text())
+    assert Path(record["cache"]) == cache.resolve()
+    # the teacher's run is untouched: only its teacher-cache/ (recorded as kdistill's when the run was made) grew
+    assert {k: v for k, v in tree_digest(lm_teacher).items() if not k.startswith("teacher-cache/")} == teacher_files
+    again = run_cli("evaluate", str(tmp_path / "student"), "--split", "val")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "student" / "report-val.json").read_text())["rows"][0]["split"] == "val"
+
+
+def test_a_cache_of_another_temperature_is_refused_naming_it(lm_teacher, tmp_path, capsys):
+    config = write_yaml(tmp_path / "d.yaml", lm_config(tmp_path, lm_teacher, teacher_outputs="cached",
+                                                       cache={"top_k": 4, "dir": str(tmp_path / "cache")}))
+    assert main(["cache-teacher", str(config), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["distill", str(config), "-q", "distill.temperature=2.0"]) == 2
+    one_line_error(capsys, "temperature 1.0 (cache) vs 2.0 (now)")
+
+
+def test_methods_of_other_tasks_are_refused_on_causal_lm(lm_teacher, tmp_path, capsys):
+    config = write_yaml(tmp_path / "d.yaml", lm_config(tmp_path, lm_teacher) | {"distill": {"method": "dkd"}})
+    assert main(["distill", str(config)]) == 2
+    one_line_error(capsys, "'dkd'", "forward_kl", "jsd")
