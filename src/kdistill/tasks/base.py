@@ -81,6 +81,13 @@ class Task(ABC):
         """`kdistill cache-teacher CONFIG`: build (or check) the teacher cache of a distill config; its folder."""
         raise KdistillError(f"{path}: kdistill cache-teacher does not apply to {self.name} runs")
 
+    def compare(self, runs: list[Path], *, open_run: Any, role_of: Any, **options: Any) -> dict[str, Any]:
+        """`kdistill compare` of runs of this task: classifiers by accuracy, calibration, size and speed, each run
+        opened by its own task through `open_run` / `role_of` (kdistill.compare); `options` go to `compare_runs`."""
+        from kdistill.compare import compare_runs
+
+        return compare_runs(runs, open_run=open_run, role_of=role_of, **options)
+
     def table(self, rows: list[dict[str, Any]]) -> str:
         """The Markdown table the CLI prints for this task's report rows."""
         from kdistill.report import format_table

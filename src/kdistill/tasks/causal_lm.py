@@ -48,6 +48,12 @@ class CausalLMTask(Task):
                  shared: Any = None) -> OpenedRun:
         raise KdistillError(f"{run_dir} is a causal-LM run; compare it only with other causal-LM runs")
 
+    def compare(self, runs: list[Path], *, open_run: Any = None, role_of: Any = None, **options: Any) -> dict[str, Any]:
+        """Causal-LM runs among themselves, by perplexity and agreement with the teacher (kdistill.lm.compare)."""
+        from kdistill.lm.compare import compare_lm_runs
+
+        return compare_lm_runs(runs, **options)
+
     def role(self, run_dir: Path) -> str:
         raw = read_yaml(run_dir / "config.yaml")
         return "distilled" if "student" in raw else str(raw.get("role", "student"))
