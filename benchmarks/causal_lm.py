@@ -72,8 +72,8 @@ def step_timing(teacher_dir: Path, cache_dir: Path, data: dict, student: dict, r
     from kdistill.lm.cache import LMTeacherCache
     from kdistill.lm.config import LMStudentSpec
     from kdistill.lm.data import LMDataConfig, load_lm_splits
-    from kdistill.lm.evaluate import final_hidden
-    from kdistill.lm.models import head_of, load_causal_lm, student_from_spec
+
+    from kdistill.lm.models import final_hidden, head_of, load_causal_lm, student_from_spec
     from kdistill.losses.tokens import TokenStates, TopK
     from kdistill.methods import build_method
 

@@ -15,6 +15,7 @@ from conftest import one_line_error, run_cli, tree_digest, write_yaml
 transformers = pytest.importorskip("transformers")
 
 from kdistill.cli import main  # noqa: E402
+from kdistill.errors import KdistillError  # noqa: E402
 from kdistill.lm.data import IGNORE, Document, LMDataConfig, load_lm_splits, pack, read_documents  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent / "data" / "python-doc"
@@ -118,13 +119,13 @@ def test_prompt_tokens_are_context_not_targets(lm_base, tmp_path):
 def test_bad_data_is_one_line(tmp_path, capsys, lm_teacher):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n')
-    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"data": {"root": str(bad)}})
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"data": DATA | {"root": str(bad)}})
     assert main(["distill", str(cfg)]) == 2
     one_line_error(capsys, "line 2", "'text'")
     few = tmp_path / "few"
     few.mkdir()
     (few / "a.txt").write_text("only one file")
-    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"data": {"root": str(few)}})
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"data": DATA | {"root": str(few)}})
     assert main(["distill", str(cfg)]) == 2
     one_line_error(capsys, "no val documents", "holdout_every")
 
@@ -219,7 +220,8 @@ def test_the_teacher_never_trains_and_builds_no_graph(lm_teacher, tmp_path):
     teacher, tok = load_causal_lm(lm_teacher, "teacher")
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     calls = []
-    teacher.register_forward_hook(lambda m, i, o: calls.append((m.training, torch.is_inference_mode_enabled())))
+    for module in teacher.modules():  # every module that runs (the base model is called, not the head)
+        module.register_forward_hook(lambda m, i, o: calls.append((m.training, torch.is_inference_mode_enabled())))
     student, _ = load_causal_lm(lm_teacher, "student")
     student.train()
     trainer = _trainer(tmp_path, student, teacher, build_method("forward_kl", {}), load_lm_splits(LMDataConfig(**DATA), tok))
@@ -443,3 +445,170 @@ def test_the_example_causal_lm_configs_are_a_matched_pair():
     assert alone.data == distilled.data and alone.train == distilled.train and alone.seed == distilled.seed
     assert alone.model.from_teacher == distilled.student.from_teacher and alone.model.base == distilled.teacher
     assert distilled.distill.build_method().name == "forward_kl" and distilled.distill.cache.top_k == 64
+
+
+# --- on-policy and sequence-level KD ---------------------------------------------------------------------------
+
+
+def _blocks_batch(lm_teacher, n=4):
+    from kdistill.lm.models import load_causal_lm
+
+    model, tok = load_causal_lm(lm_teacher, "teacher")
+    data = load_lm_splits(LMDataConfig(**DATA), tok)
+    ids, labels = data.train.input_ids[:n], data.train.labels[:n]
+    return model, tok, {"input_ids": ids, "labels": labels, "shift_labels": labels}
+
+
+def test_on_policy_batches_are_the_students_continuations_of_the_prompts(lm_teacher, lm_base):
+    from kdistill.lm.models import load_causal_lm
+    from kdistill.lm.policy import GENERATED, Generation
+
+    teacher, tok, batch = _blocks_batch(lm_teacher)
+    student, _ = load_causal_lm(lm_base, "student")  # untrained: its continuations differ from the teacher's
+    student.train()
+    policy = Generation(on_policy=1.0, sequence_kd=False, prompt_tokens=8, temperature=1.0, seed=3)
+    out = policy.apply(batch, student, teacher, step=5, eos_id=tok.eos_token_id)
+    assert out[GENERATED] == 1 and student.training  # generation leaves the student in train mode
+    assert torch.equal(out["input_ids"][:, :8], batch["input_ids"][:, :8])  # the prompt is kept
+    again = policy.continue_blocks(student, batch["input_ids"], step=5, eos_id=tok.eos_token_id)
+    assert torch.equal(out["input_ids"], again)  # seeded by (seed, step): reproducible
+    assert not torch.equal(out["input_ids"][:, 8:], batch["input_ids"][:, 8:])
+    assert (out["labels"][:, :7] == IGNORE).all() and (out["labels"][:, -1] == IGNORE).all()
+    assert torch.equal(out["labels"][:, 7:-1], out["input_ids"][:, 8:])
+    teacher_written = Generation(0.0, True, 8, 0.0, 3).apply(batch, student, teacher, 5, tok.eos_token_id)
+    greedy = teacher.generate(input_ids=batch["input_ids"][:, :8], attention_mask=torch.ones(4, 8, dtype=torch.long),
+                              max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert teacher_written[GENERATED] == 2 and torch.equal(teacher_written["input_ids"], greedy)
+    untouched = Generation(0.0, False, 8, 1.0, 3).apply(batch, student, teacher, 5, tok.eos_token_id)
+    assert untouched[GENERATED] == 0 and untouched["input_ids"] is batch["input_ids"]
+    shares = [Generation(0.5, False, 8, 1.0, 0).source(step) for step in range(400)]
+    assert 0.4 < sum(s == 1 for s in shares) / 400 < 0.6
+
+
+def test_on_policy_distillation_runs_from_the_cli_and_logs_its_share(lm_teacher, tmp_path, capsys):
+    cfg = lm_config(tmp_path, lm_teacher, method="jsd", beta=0.5, on_policy=0.5, prompt_tokens=8)
+    assert main(["distill", str(write_yaml(tmp_path / "d.yaml", cfg)), "-q"]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= metrics[-1]["on_policy"] <= 1.0 and "jsd" in metrics[-1]
+    capsys.readouterr()
+    bad = lm_config(tmp_path, lm_teacher, on_policy=0.5, teacher_outputs="cached") | {"out": str(tmp_path / "x")}
+    assert main(["distill", str(write_yaml(tmp_path / "b.yaml", bad))]) == 2
+    one_line_error(capsys, "teacher_outputs: live")
+
+
+def test_trainer_args_pass_through_and_kdistills_own_keys_are_refused(lm_teacher, tmp_path):
+    from kdistill.lm.config import LMDistillRunConfig
+    from kdistill.text.runner import training_arguments
+
+    def args_of(extra: dict):
+        cfg = LMDistillRunConfig.model_validate(lm_config(tmp_path, lm_teacher) | {"train": {"trainer_args": extra}})
+        return training_arguments(cfg, tmp_path, 16, False, distill=False)
+
+    args = args_of({"activation_checkpointing": True, "max_grad_norm": 0.5, "optim": "adafactor"})
+    assert args.activation_checkpointing and args.max_grad_norm == 0.5 and args.optim == "adafactor"
+    with pytest.raises(KdistillError, match="not a TrainingArguments setting"):
+        args_of({"fsdp_everything": True})
+    with pytest.raises(KdistillError, match="set by kdistill"):
+        args_of({"learning_rate": 1.0})
+
+
+# --- models kdistill cannot distil correctly are refused before anything is written --------------------------
+
+
+def test_a_model_whose_logits_are_more_than_its_head_is_refused(lm_base, tmp_path, capsys):
+    """Granite scales its logits after the head: the chunked losses would silently use unscaled ones."""
+    tok = transformers.AutoTokenizer.from_pretrained(lm_base)
+    folder = tmp_path / "granite"
+    config = transformers.GraniteConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, logits_scaling=4.0,
+                                        eos_token_id=tok.eos_token_id)
+    transformers.GraniteForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, folder))
+    assert main(["distill", str(cfg)]) == 2
+    one_line_error(capsys, "GraniteForCausalLM", "not its output head applied")
+    assert not (tmp_path / "student").exists()
+
+
+def test_an_encoder_folder_is_not_taken_for_a_causal_lm(lm_base, tmp_path, capsys):
+    tok = transformers.AutoTokenizer.from_pretrained(lm_base)
+    folder = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=4, intermediate_size=64)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("architectures", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["distill", str(write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, folder)))]) == 2
+    one_line_error(capsys, "does not hold the weights", "missing")
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"data": DATA | {"block_size": 256}}, "128 positions"),
+    ({"student": {"from_config": {"vocab_size": 100}}}, "output head has"),
+    ({"student": {"from_config": {"hidden_size": 30}}}, "not a multiple"),
+    ({"student": {"from_config": {"num_hidden_layers": 0}}}, "at least one layer"),
+    ({"data": DATA | {"prompt_field": "q"}}, "completion_field"),
+])
+def test_students_and_blocks_that_cannot_work_are_refused_up_front(lm_teacher, tmp_path, capsys, change, needle):
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | change)
+    assert main(["distill", str(cfg)]) == 2
+    one_line_error(capsys, needle)
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_cache_refusal_leaves_no_run_directory(lm_base, tmp_path, capsys):
+    """A teacher folder of the user's has no place for a cache: refused before the run directory exists."""
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_base, teacher_outputs="cached"))
+    assert main(["distill", str(cfg)]) == 2
+    one_line_error(capsys, "distill.cache.dir")
+    assert not (tmp_path / "student").exists()
+
+
+def test_the_students_own_folder_is_never_the_output(lm_teacher, tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "c.yaml", lm_config(tmp_path, lm_teacher) | {"student": f"hf:{lm_teacher}",
+                                                                               "out": str(lm_teacher)})
+    before = tree_digest(lm_teacher)
+    assert main(["distill", str(cfg), "--overwrite"]) == 2
+    one_line_error(capsys, "overlaps")
+    assert tree_digest(lm_teacher) == before
+
+
+def test_gpt2_layers_are_copied_by_index(lm_base):
+    from kdistill.text.student import student_from_teacher
+
+    tok = transformers.AutoTokenizer.from_pretrained(lm_base)
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=3, n_head=4,
+                                                                n_positions=64))
+    student = student_from_teacher(gpt2, layers=[0, 2])
+    assert student.config.n_layer == 2
+    assert torch.equal(student.transformer.h[1].mlp.c_fc.weight, gpt2.transformer.h[2].mlp.c_fc.weight)
+
+
+def test_training_blocks_are_a_whole_number_of_batches_and_an_empty_batch_is_a_zero_step(lm_teacher, tmp_path):
+    from kdistill.lm.config import LMDistillRunConfig
+    from kdistill.lm.models import load_causal_lm
+    from kdistill.lm.runner import _load_data
+    from kdistill.methods import build_method
+
+    teacher, tok = load_causal_lm(lm_teacher, "teacher")
+    cfg = LMDistillRunConfig.model_validate(lm_config(tmp_path, lm_teacher) | {"data": DATA | {"batch_size": 5}})
+    data = _load_data(cfg, tok)
+    assert len(data.train) % 5 == 0 and len(data.train) > len(load_lm_splits(cfg.data, tok).train) - 5
+    trainer = _trainer(tmp_path, teacher, None, build_method("ce", {}), data)
+    batch = {"input_ids": data.train.input_ids[:2], "labels": torch.full((2, 32), IGNORE)}
+    loss = trainer.compute_loss(teacher, batch, num_items_in_batch=torch.tensor(0))
+    assert float(loss.detach()) == 0.0
+
+
+def test_evaluate_refuses_a_teacher_whose_weights_changed(lm_teacher, lm_base, tmp_path, capsys):
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(lm_base, teacher)
+    assert main(["distill", str(write_yaml(tmp_path / "d.yaml", lm_config(tmp_path, teacher))), "-q"]) == 0
+    shutil.copy(lm_teacher / "model.safetensors", teacher / "model.safetensors")  # another model at that path now
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "student")]) == 2
+    one_line_error(capsys, "other weights")

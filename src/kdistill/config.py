@@ -379,6 +379,18 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+
+def with_data_overrides(data: BaseModel, overrides: dict[str, Any] | None) -> BaseModel:
+    """A run's `data` settings with `--data key=value` overrides (e.g. the data set's root on this machine),
+    validated again; an invalid one is one line."""
+    if not overrides:
+        return data
+    try:
+        return type(data).model_validate({**data.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise KdistillError(format_validation_error(exc, "--data")) from None
+
+
 def load_config(
     path: str | Path, overrides: list[str], kind: type[_RunConfig]
 ) -> _RunConfig:

@@ -14,11 +14,9 @@ import torch
 import yaml
 from torch import nn
 
-from pydantic import ValidationError
-
 from kdistill import distributed, threads
-from kdistill.config import (DataConfig, DistillRunConfig, TrainRunConfig, dump_config, format_validation_error, read_yaml,
-                             validate_config)
+from kdistill.config import (DistillRunConfig, TrainRunConfig, dump_config, read_yaml, validate_config,
+                             with_data_overrides)
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
@@ -273,11 +271,7 @@ def load_finished_run(run_dir: Path, data_overrides: dict[str, Any] | None = Non
     if data is not None and cfg.data.name != data.name:
         raise KdistillError(f"{run_dir} was trained on {cfg.data.name!r}, not {data.name!r}; compare runs of one data set")
     if data is None:
-        try:
-            data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), **(data_overrides or {})})
-        except ValidationError as exc:
-            raise KdistillError(format_validation_error(exc, "--data")) from None
-        data = load_dataset(data_cfg)
+        data = load_dataset(with_data_overrides(cfg.data, data_overrides))
     model, spec = load_run_model(run_dir)
     _check_fits(spec, data, str(run_dir))
     return cfg, data, model

@@ -28,8 +28,7 @@ from tqdm import tqdm
 
 from kdistill.errors import KdistillError
 from kdistill.lm.data import Blocks
-from kdistill.lm.evaluate import final_hidden
-from kdistill.lm.models import head_of, tokenizer_sha256, weights_sha256
+from kdistill.lm.models import final_hidden, head_of, tokenizer_sha256, weights_sha256
 from kdistill.losses.tokens import top_k_of
 from kdistill.ownership import Owned
 from kdistill.teacher_cache import CACHE_ROOT, open_or_build, write_cache_folder
@@ -81,8 +80,9 @@ class LMTeacherCache:
 
 
 def build_lm_cache(path: Path, teacher: Any, train: Blocks, vocab_size: int, fingerprint: dict[str, Any],
-                   batch_size: int, device: torch.device, progress: bool = True) -> LMTeacherCache:
-    """Run the teacher over the training blocks once and store the top-k of every position."""
+                   batch_size: int, device: torch.device, progress: bool = True, chunk: int = 1024) -> LMTeacherCache:
+    """Run the teacher over the training blocks once and store the top-k of every position (`chunk` positions'
+    logits at a time)."""
     k, temperature = int(fingerprint["top_k"]), float(fingerprint["temperature"])
     if k > vocab_size:
         raise KdistillError(f"distill.cache.top_k={k} is larger than the vocabulary ({vocab_size})")
@@ -104,11 +104,13 @@ def build_lm_cache(path: Path, teacher: Any, train: Blocks, vocab_size: int, fin
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 hidden = final_hidden(teacher, train.input_ids[start:stop].to(device))
-                for row in range(stop - start):  # one block's (L × vocabulary) logits at a time
-                    top = top_k_of(torch.nn.functional.linear(hidden[row], head, bias), k, temperature)
-                    maps["topk_logprobs.npy"][start + row] = top.logprobs.cpu().numpy().astype(value_type)
-                    maps["topk_index.npy"][start + row] = top.ids.cpu().numpy().astype(id_type)
-                    maps["rest_logmass.npy"][start + row] = top.tail_logmass.cpu().numpy()
+                for row in range(stop - start):  # `chunk` positions' (chunk × vocabulary) logits at a time
+                    for piece in range(0, length, chunk):
+                        where = slice(piece, min(piece + chunk, length))
+                        top = top_k_of(torch.nn.functional.linear(hidden[row, where], head, bias), k, temperature)
+                        maps["topk_logprobs.npy"][start + row, where] = top.logprobs.cpu().numpy().astype(value_type)
+                        maps["topk_index.npy"][start + row, where] = top.ids.cpu().numpy().astype(id_type)
+                        maps["rest_logmass.npy"][start + row, where] = top.tail_logmass.cpu().numpy()
                 bar.update((stop - start) * length)
         bar.close()
 
@@ -116,9 +118,10 @@ def build_lm_cache(path: Path, teacher: Any, train: Blocks, vocab_size: int, fin
 
 
 def open_or_build_lm_cache(path: Path, teacher: Any, train: Blocks, vocab_size: int, fingerprint: dict[str, Any],
-                           batch_size: int, device: torch.device, *, rebuild: bool = False,
-                           progress: bool = True) -> tuple[LMTeacherCache, bool]:
+                           batch_size: int, device: torch.device, *, rebuild: bool = False, progress: bool = True,
+                           chunk: int = 1024) -> tuple[LMTeacherCache, bool]:
     """The matching cache at `path`, built if absent, interrupted or (with `rebuild`) mismatched; (cache, built?)."""
     return open_or_build(path, fingerprint, lambda header: LMTeacherCache(Path(path), header),
-                         lambda: build_lm_cache(path, teacher, train, vocab_size, fingerprint, batch_size, device, progress),
+                         lambda: build_lm_cache(path, teacher, train, vocab_size, fingerprint, batch_size, device, progress,
+                                                chunk),
                          rebuild=rebuild)

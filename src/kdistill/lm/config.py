@@ -71,7 +71,8 @@ class LMDistillSettings(BaseModel):
     """`method`: a causal-LM method (forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, ce) with its
     hyperparameters at the top level or in its own section; `terms` as for the other tasks.
     `teacher_outputs`: live (the teacher runs on every batch) or cached (top-k, built once).
-    `chunk_tokens`: tokens per piece of the loss (memory holds one piece's tokens × vocabulary logits)."""
+    `chunk_tokens`: tokens per piece of the loss (memory holds one piece's tokens × vocabulary logits).
+    `on_policy`, `sequence_kd`, `prompt_tokens`, `generation_temperature`: kdistill.lm.policy."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     method: str = "forward_kl"
@@ -79,14 +80,16 @@ class LMDistillSettings(BaseModel):
     teacher_outputs: Literal["live", "cached"] = "live"
     cache: LMCacheConfig = Field(default_factory=LMCacheConfig)
     chunk_tokens: int = Field(1024, ge=1, le=1 << 20)
+    on_policy: float = Field(0.0, ge=0.0, le=1.0, description="share of batches whose continuations the student "
+                             "samples from the blocks' prompts, scored by the teacher (GKD's lambda)")
+    sequence_kd: bool = Field(False, description="the other batches' continuations are the teacher's generations")
+    prompt_tokens: int = Field(32, ge=1, description="with on_policy / sequence_kd: a block's first N tokens are its prompt")
+    generation_temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the generations (0: greedy)")
 
     def build_method(self) -> Any:
         from kdistill.methods import build_distill_method
-        from kdistill.methods.base import check_task
 
-        method = build_distill_method(self.method, dict(self.model_extra or {}), self.terms)
-        check_task(method, TASK)
-        return method
+        return build_distill_method(self.method, dict(self.model_extra or {}), self.terms, task=TASK)
 
 
 class _LMRun(_RunConfig):
@@ -120,3 +123,21 @@ class LMDistillRunConfig(_LMRun):
     @classmethod
     def _student(cls, value: Any) -> Any:
         return _check_hf(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _generation(self) -> "LMDistillRunConfig":
+        d = self.distill
+        if (d.on_policy > 0 or d.sequence_kd) and d.teacher_outputs == "cached":
+            raise ValueError("distill.on_policy / sequence_kd score generated tokens with the teacher, which a cache "
+                             "of the data's tokens cannot do: use distill.teacher_outputs: live")
+        if (d.on_policy > 0 or d.sequence_kd) and d.prompt_tokens >= self.data.block_size:
+            raise ValueError(f"distill.prompt_tokens={d.prompt_tokens} must be smaller than data.block_size="
+                             f"{self.data.block_size} (the rest of each block is generated)")
+        return self
+
+    def generation(self) -> Any:
+        """The on-policy / sequence-KD settings (kdistill.lm.policy.Generation)."""
+        from kdistill.lm.policy import Generation
+
+        d = self.distill
+        return Generation(d.on_policy, d.sequence_kd, d.prompt_tokens, d.generation_temperature, self.seed)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kdistill.errors import KdistillError, first_line
 
@@ -50,6 +50,12 @@ class LMDataConfig(BaseModel):
     eval_batch_size: int = Field(8, gt=0, le=2**20)
     max_train_tokens: int | None = Field(None, gt=0, description="use only the first N training tokens (quick runs)")
     max_eval_tokens: int | None = Field(None, gt=0, description="use only the first N tokens of validation and test")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "LMDataConfig":
+        if self.prompt_field is not None and self.completion_field is None:
+            raise ValueError("prompt_field needs completion_field (the scored part); for plain text use text_field")
+        return self
 
     def kind(self) -> str:
         if self.format != "auto":
@@ -84,6 +90,10 @@ class Blocks:
     @property
     def scored_tokens(self) -> int:
         return int((self.labels != IGNORE).sum())
+
+    def first(self, n: int) -> "Blocks":
+        """The first `n` blocks."""
+        return Blocks(self.input_ids[:n], self.labels[:n], self.documents)
 
     def sha256(self) -> str:
         """Content hash (token ids and labels, in order): the teacher cache's data identity."""
@@ -148,6 +158,10 @@ def _read_jsonl(cfg: LMDataConfig) -> list[Document]:
 
 
 def _read_hf_disk(cfg: LMDataConfig) -> dict[str, list[Document]] | list[Document]:
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        raise KdistillError("data: a datasets folder needs the datasets package: pip install 'kdistill[text]'")
     import datasets
 
     try:
@@ -161,10 +175,14 @@ def _read_hf_disk(cfg: LMDataConfig) -> dict[str, list[Document]] | list[Documen
     if isinstance(loaded, datasets.DatasetDict):
         names = {"train": ["train"], "val": ["validation", "val", "valid", "dev"], "test": ["test"]}
         found = {split: next((n for n in options if n in loaded), None) for split, options in names.items()}
-        if all(found.values()):
-            return {split: docs_of(loaded[name], name) for split, name in found.items()}
         if found["train"] is None:
             raise KdistillError(f"data.root: {cfg.root} has splits {sorted(loaded)}, none of them train")
+        if all(found.values()):
+            return {split: docs_of(loaded[name], name) for split, name in found.items()}
+        if found["test"] is not None:  # its own test split; validation is carved out of train
+            carved = split_documents(docs_of(loaded[found["train"]], found["train"]), cfg.holdout_every)
+            return {"train": carved["train"] + carved["test"], "val": carved["val"],
+                    "test": docs_of(loaded[found["test"]], found["test"])}
         loaded = loaded[found["train"]]
     return docs_of(loaded, "train")
 

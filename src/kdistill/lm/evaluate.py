@@ -8,7 +8,6 @@ never holds (tokens × vocabulary) logits for a whole batch.
 
 from __future__ import annotations
 
-import inspect
 import math
 import statistics
 import time
@@ -19,25 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.lm.data import IGNORE, Blocks
-from kdistill.lm.models import head_of
+from kdistill.lm.models import final_hidden, head_of
 from kdistill.losses.tokens import forward_kl
-
-NO_LOGITS = torch.zeros(0, dtype=torch.long)  # `logits_to_keep` of an empty index: the head is not run
-
-
-def final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The final (normed) hidden states (B, L, d) of a causal LM, without computing its logits.
-
-    Called through the model's own forward (and so through a DDP wrapper, which must see the forward), with
-    `logits_to_keep` of no position where the model takes it; otherwise through its base model."""
-    inner = getattr(model, "module", model)
-    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                    logits_to_keep=NO_LOGITS.to(input_ids.device), use_cache=False)
-        return out.hidden_states[-1]
-    base = getattr(inner, inner.base_model_prefix)
-    return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
 
 def score_blocks(model: Any, blocks: Blocks, *, batch_size: int = 8, chunk: int = 1024, teacher: Any = None,
                  rows: range | None = None) -> dict[str, float]:

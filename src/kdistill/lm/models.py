@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from kdistill.errors import KdistillError, first_line
 from kdistill.ownership import FOLDER, Owned
@@ -25,6 +27,60 @@ CHECK_SENTENCES = (
     "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
     "Knowledge distillation trains a small student to imitate a large teacher.",
 )
+
+
+NO_LOGITS = torch.zeros(0, dtype=torch.long)  # `logits_to_keep` of an empty index: the head is not run
+
+
+def final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The final (normed) hidden states (B, L, d) of a causal LM, without computing its logits.
+
+    A plain model runs its base model (which returns the last layer's states only). A model wrapped for
+    training on several processes (DDP, FSDP) must be called through the wrapper, which has to see the
+    forward: then the model's own forward runs, with `logits_to_keep` of no position (refused for models
+    without it, whose full logits would be computed)."""
+    inner = getattr(model, "module", model)
+    if inner is model:
+        base = getattr(inner, inner.base_model_prefix)
+        return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        raise KdistillError(f"{type(inner).__name__} takes no logits_to_keep, so on several processes its forward would "
+                            "compute full logits; train it on one process")
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                logits_to_keep=NO_LOGITS.to(input_ids.device), use_cache=False)
+    return out.hidden_states[-1]
+
+
+def check_plain_head(model: Any, tokenizer: Any, what: str) -> None:
+    """kdistill's losses apply the output head to the final hidden states chunk by chunk: refuse a model whose
+    logits are more than that (logit scaling, soft-capping, a transform in the head), checked on a sentence."""
+    ids = tokenizer(CHECK_SENTENCES[1], return_tensors="pt")["input_ids"][:, :16]
+    head, bias = head_of(model)
+    with torch.inference_mode():
+        own = model(input_ids=ids, use_cache=False).logits.float()
+        ours = torch.nn.functional.linear(final_hidden(model, ids), head, bias).float()
+    if own.shape != ours.shape or not torch.allclose(own, ours, rtol=1e-4, atol=1e-4):
+        diff = float((own - ours).abs().max()) if own.shape == ours.shape else float("nan")
+        raise KdistillError(f"{what}: a {type(model).__name__}'s logits are not its output head applied to its final "
+                            f"hidden states (max difference {diff:.3g}: logit scaling or soft-capping), which kdistill's "
+                            "chunked token losses assume; this architecture is not supported")
+
+
+def check_block_size(model: Any, block_size: int, what: str) -> None:
+    """A block must fit the model's positions."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and block_size > limit:
+        raise KdistillError(f"data.block_size={block_size} is longer than {what}'s {limit} positions "
+                            "(max_position_embeddings); use a smaller block_size")
+
+
+def check_same_head(teacher: Any, student: Any) -> None:
+    """Teacher and student must score the same vocabulary: the same number of output rows."""
+    t, s = head_of(teacher)[0].shape[0], head_of(student)[0].shape[0]
+    if t != s:
+        raise KdistillError(f"the teacher's output head has {t:,} rows but the student's {s:,}; token-level distillation "
+                            "compares distributions over one vocabulary (keep the teacher's vocab_size)")
 
 
 def require_lm_extra() -> None:
@@ -77,10 +133,18 @@ def load_causal_lm(path: Path, what: str) -> tuple[Any, Any]:
     if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         raise KdistillError(f"{what}: {path} is a {archs[0]}, not a causal language model")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        model, info = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                           output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise KdistillError(f"{what}: cannot load {path} ({first_line(exc, 200)})") from None
-    return model.eval(), load_tokenizer(path, what)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = [k for k in info.get("missing_keys", []) if k not in tied]
+    if missing:  # e.g. an encoder's folder loaded as a causal LM: its head would be random
+        raise KdistillError(f"{what}: {path} does not hold the weights of a {type(model).__name__} (missing "
+                            f"{', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''})")
+    tokenizer = load_tokenizer(path, what)
+    check_plain_head(model, tokenizer, what)
+    return model.eval(), tokenizer
 
 
 def tokenizer_sha256(tokenizer: Any) -> str:

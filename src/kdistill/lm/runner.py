@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
-
 from kdistill import threads
-from kdistill.config import format_validation_error, load_config, read_yaml, validate_config
+from kdistill.config import load_config, read_yaml, validate_config, with_data_overrides
 from kdistill.errors import KdistillError
 from kdistill.lm.config import TASK, LMDistillRunConfig, LMTrainRunConfig
-from kdistill.lm.data import LMDataConfig, LMSplits, load_lm_splits
-from kdistill.lm.models import (check_same_vocabulary, hf_folder, load_causal_lm, require_lm_extra, student_from_spec)
+from kdistill.lm.data import LMSplits, load_lm_splits
+from kdistill.lm.models import (check_block_size, check_same_head, check_same_vocabulary, hf_folder, load_causal_lm,
+                                require_lm_extra, student_from_spec, weights_sha256)
 from kdistill.report import report_row, write_report
 from kdistill.rundir import write_owned_text
 
@@ -33,8 +32,10 @@ def _lm_arguments(cfg: Any, out: Path, blocks: int, progress: bool) -> Any:
     from kdistill.text.runner import training_arguments
 
     # Best epoch by validation CE; items are our own blocks (no column pruning); the scored-token count is global.
+    # Every parameter gets a gradient (the head too, through the chunked loss): DDP need not search for unused ones.
     return training_arguments(cfg, out, blocks, progress, distill=False, metric_for_best_model="loss",
-                              greater_is_better=False, remove_unused_columns=False, average_tokens_across_devices=True)
+                              greater_is_better=False, remove_unused_columns=False, average_tokens_across_devices=True,
+                              ddp_find_unused_parameters=False, log_level_replica="error")
 
 
 def _train_tokens_per_s(trainer: Any, block_size: int) -> float | None:
@@ -43,7 +44,7 @@ def _train_tokens_per_s(trainer: Any, block_size: int) -> float | None:
 
 
 def _fit(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, method: Any, out: Path, resuming: bool, progress: bool,
-         teacher: Any = None, cache: Any = None, chunk: int = 1024) -> Any:
+         teacher: Any = None, cache: Any = None, chunk: int = 1024, generation: Any = None) -> Any:
     from transformers import default_data_collator
 
     from kdistill.lm.trainer import BlockDataset, TokenTrainer
@@ -52,7 +53,8 @@ def _fit(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, method: Any, out:
     trainer = TokenTrainer(model=model, args=_lm_arguments(cfg, out, len(data.train), progress),
                            train_dataset=BlockDataset(data.train, cache), eval_dataset=BlockDataset(data.val),
                            data_collator=default_data_collator, method=method, teacher=teacher, chunk_tokens=chunk,
-                           cache_temperature=float(cache.header["fingerprint"]["temperature"]) if cache else 1.0)
+                           cache_temperature=float(cache.header["fingerprint"]["temperature"]) if cache else 1.0,
+                           generation=generation)
     train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
     return trainer
 
@@ -86,9 +88,13 @@ def run_lm_train(cfg: LMTrainRunConfig, *, overwrite: bool = False, progress: bo
     set_seed(cfg.seed)
     model, tokenizer = load_causal_lm(source, "model")
     if not isinstance(cfg.model, str):  # built from `base` exactly as distill builds a student from its teacher
+        base = model
         set_seed(cfg.seed)
-        model = student_from_spec(cfg.model, model)
-    data = load_lm_splits(cfg.data, tokenizer)
+        model = student_from_spec(cfg.model, base)
+        check_same_head(base, model)
+        del base
+    check_block_size(model, cfg.data.block_size, "the model")
+    data = _load_data(cfg, tokenizer)
     out = cfg.out_dir()
     resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, [source])))
     trainer = _fit(cfg, model, tokenizer, data, build_method("ce", {}), out, resuming, progress, chunk=cfg.chunk_tokens)
@@ -134,18 +140,34 @@ def _open_cache(cfg: LMDistillRunConfig, method: Any, teacher: Any, teacher_tok:
         raise KdistillError(f"distill.cache.dir: the teacher {teacher_dir} is not a folder kdistill wrote (an import-gguf "
                             "folder or a run), so the cache cannot go inside it; set distill.cache.dir=<a new folder>")
     return open_or_build_lm_cache(path, teacher, data.train, int(teacher.config.vocab_size), fingerprint,
-                                  settings.batch_size, torch.device(run_device(cfg)), rebuild=rebuild, progress=progress)
+                                  settings.batch_size, torch.device(run_device(cfg)), rebuild=rebuild, progress=progress,
+                                  chunk=cfg.distill.chunk_tokens)
+
+
+def _load_data(cfg: Any, tokenizer: Any) -> LMSplits:
+    """The splits, with the training blocks cut to a multiple of the global batch: every optimiser step sees a whole
+    batch, so one process and several (whose samplers would pad a short last batch with repeats) train alike."""
+    data = load_lm_splits(cfg.data, tokenizer)
+    keep = len(data.train) // cfg.data.batch_size * cfg.data.batch_size
+    if keep == 0:
+        raise KdistillError(f"data: {len(data.train)} training blocks make no batch of data.batch_size={cfg.data.batch_size}")
+    data.train = data.train.first(keep)
+    return data
 
 
 def _distill_setup(cfg: LMDistillRunConfig) -> tuple[Any, Any, Any, Path, Any, Any, LMSplits]:
     """(method, teacher, teacher tokenizer, teacher folder, student, student tokenizer, data), checked."""
     require_lm_extra()
     method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
+    if cfg.generation().active and not method.needs_teacher:
+        raise KdistillError(f"distill.on_policy / sequence_kd need a method that reads the teacher, not {method.name!r}")
     teacher_dir = hf_folder(cfg.teacher, "teacher")
     teacher, teacher_tok = load_causal_lm(teacher_dir, "teacher")
     student, student_tok = _build_student(cfg, teacher, teacher_tok, teacher_dir)
-    data = load_lm_splits(cfg.data, teacher_tok)
-    return method, teacher, teacher_tok, teacher_dir, student, student_tok, data
+    check_same_head(teacher, student)
+    for model, what in ((teacher, "the teacher"), (student, "the student")):
+        check_block_size(model, cfg.data.block_size, what)
+    return method, teacher, teacher_tok, teacher_dir, student, student_tok, _load_data(cfg, teacher_tok)
 
 
 def run_lm_cache_teacher(cfg: LMDistillRunConfig, *, rebuild: bool = False, progress: bool = True) -> Any:
@@ -165,20 +187,22 @@ def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress
     ctx = join_processes(cfg)
     method, teacher, teacher_tok, teacher_dir, student, student_tok, data = _distill_setup(cfg)
     out = cfg.out_dir()
-    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, [teacher_dir])))
     cache = None
-    if cfg.distill.teacher_outputs == "cached" and method.needs_teacher:
+    if cfg.distill.teacher_outputs == "cached" and method.needs_teacher:  # before the run directory: its errors too
         ctx.on_main(lambda: _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, progress=progress))
         ctx.barrier()  # built once, by rank 0; then every process opens it
         cache, _ = _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, progress=progress)
+        teacher.cpu()  # not needed again until the report, which runs on the CPU
         if ctx.is_main:
             print(f"kdistill: teacher cache {cache.path} ({cache.bytes_per_token:.0f} bytes/token)")
+    sources = [teacher_dir] + ([hf_folder(cfg.student, "student")] if isinstance(cfg.student, str) else [])
+    resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, sources)))
     live = teacher if cache is None else None
     trainer = _fit(cfg, student, student_tok, data, method, out, resuming, progress, teacher=live, cache=cache,
-                   chunk=cfg.distill.chunk_tokens)
+                   chunk=cfg.distill.chunk_tokens, generation=cfg.generation())
     if not ctx.is_main:
         return {}
-    record = {"path": str(teacher_dir.resolve())} | ({"cache": str(cache.path.resolve()),
+    record = {"path": str(teacher_dir.resolve()), "weights_sha256": weights_sha256(teacher)} | ({"cache": str(cache.path.resolve()),
                                                      "cache_bytes_per_token": cache.bytes_per_token} if cache else {})
     write_owned_text(out, "teacher.json", json.dumps(record, indent=2) + "\n")
     row = _report(cfg, student, student_tok, data, "test", out, "distilled", teacher, cfg.distill.chunk_tokens,
@@ -195,20 +219,23 @@ def load_finished_lm_run(run_dir: Path, then: str = "evaluate it", data_override
         raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
     raw = read_yaml(run_dir / "config.yaml")
     cfg = validate_config(raw, LMDistillRunConfig if "student" in raw else LMTrainRunConfig, source=str(run_dir / "config.yaml"))
-    if data_overrides:
-        try:
-            cfg.data = LMDataConfig.model_validate({**cfg.data.model_dump(), **data_overrides})
-        except ValidationError as exc:
-            raise KdistillError(format_validation_error(exc, "--data")) from None
+    cfg.data = with_data_overrides(cfg.data, data_overrides)
     model, tokenizer = load_causal_lm(run_dir, str(run_dir))
     return cfg, load_lm_splits(cfg.data, tokenizer), model, tokenizer
 
 
 def run_teacher(run_dir: Path) -> Any:
-    """The teacher of a finished distill run (from its teacher.json), or None when it is gone."""
+    """The teacher of a finished distill run (from its teacher.json), or None when it is gone; a model at that path
+    with other weights than the run's teacher is refused (its KL would measure another teacher)."""
     record = json.loads((run_dir / "teacher.json").read_text()) if (run_dir / "teacher.json").is_file() else {}
     path = Path(record["path"]) if record.get("path") else None
-    return load_causal_lm(path, "teacher")[0] if path is not None and (path / "config.json").is_file() else None
+    if path is None or not (path / "config.json").is_file():
+        return None
+    teacher = load_causal_lm(path, "teacher")[0]
+    if record.get("weights_sha256") not in (None, weights_sha256(teacher)):
+        raise KdistillError(f"{run_dir}: its teacher {path} has other weights than when the run was distilled; "
+                            "KL and agreement would measure another teacher")
+    return teacher
 
 
 def evaluate_lm_run(run_dir: str | Path, split: str = "test", data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:

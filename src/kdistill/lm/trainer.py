@@ -11,6 +11,9 @@ tokens in the whole accumulated batch on all processes (`shift_labels`, counted 
 rescaled to this micro-batch's share of that count, times the number of processes (DDP averages the
 gradients over them), so the gradient is that of one mean over every scored token of the global batch.
 
+On-policy and sequence-level KD (`generation=`, kdistill.lm.policy) rewrite a batch's continuations before
+the scored tokens are counted, so the scaling above holds for generated batches too.
+
 Validation (every epoch, and the best epoch kept) is the next-token cross-entropy per scored token of the
 validation blocks: `eval_loss`, with `eval_perplexity` = exp(eval_loss).
 """
@@ -24,11 +27,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdistill.lm.data import IGNORE, Blocks
-from kdistill.lm.evaluate import final_hidden, metrics_of, score_blocks
-from kdistill.lm.models import head_of
+from kdistill.lm.evaluate import metrics_of, score_blocks
+from kdistill.lm.models import final_hidden, head_of
+from kdistill.lm.policy import GENERATED, Generation
 from kdistill.losses.tokens import TeacherHidden, TokenStates, TopK
 from kdistill.methods import Method
-from kdistill.text.guard import GuardedTrainer
+from kdistill.text.guard import MethodTrainer
 
 CACHE_KEYS = ("teacher_topk_logprobs", "teacher_topk_ids", "teacher_tail_logmass")
 
@@ -52,31 +56,32 @@ class BlockDataset(Dataset):
         return item
 
 
-class TokenTrainer(GuardedTrainer):
+class TokenTrainer(MethodTrainer):
     """`TokenTrainer(model=student, args=TrainingArguments(...), method=..., teacher=None | causal LM, ...)`."""
 
     def __init__(self, *args: Any, method: Method, teacher: nn.Module | None = None, chunk_tokens: int = 1024,
-                 cache_temperature: float = 1.0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.cache_temperature = cache_temperature  # the temperature of the cached top-k, when there is a cache
+                 cache_temperature: float = 1.0, generation: Generation | None = None, **kwargs: Any):
+        super().__init__(*args, teacher=teacher, **kwargs)
         self.method = method
-        self.teacher = teacher
         self.chunk_tokens = chunk_tokens
-        self._term_sums: dict[str, float] = {}
-        self._term_steps = 0
+        self.generation = generation if generation is not None and generation.active else None
+        self.cache_temperature = cache_temperature  # the temperature of the cached top-k, when there is a cache
         if list(method.parameters()):
             raise ValueError(f"method {method.name!r} has trainable parts, which the Trainer's optimiser would not see")
-        if teacher is not None:
-            self._freeze_teacher()
 
-    def _freeze_teacher(self) -> None:
-        device = next(self.model.parameters()).device
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
-        if any(m.training for m in self.teacher.modules()):
-            self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """The Trainer's next accumulated batches; with on-policy or sequence-level KD, their continuations are
+        rewritten first (kdistill.lm.policy), and the scored tokens counted after that."""
+        samples, count = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.generation is None or not samples:
+            return samples, count
+        student = self.accelerator.unwrap_model(self.model)
+        eos = student.generation_config.eos_token_id or student.config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        first = self.state.global_step * num_batches
+        samples = [self.generation.apply(self._prepare_inputs(batch), student, self.teacher, first + i, eos)
+                   for i, batch in enumerate(samples)]
+        return samples, self._get_num_items_in_batch(samples, device)
 
     def _teacher_side(self, inputs: dict[str, Any], mask: torch.Tensor) -> TopK | TeacherHidden | None:
         if not self.method.needs_teacher:
@@ -94,6 +99,7 @@ class TokenTrainer(GuardedTrainer):
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
+        source = inputs.pop(GENERATED, None)
         labels = inputs["labels"]
         mask = labels != IGNORE
         hidden = final_hidden(model, inputs["input_ids"])
@@ -102,14 +108,14 @@ class TokenTrainer(GuardedTrainer):
         self.method.train(model.training)
         terms = self.method(None, student, self._teacher_side(inputs, mask))
         loss = sum(terms.values())
-        if model.training:
-            for key, value in terms.items():
-                self._term_sums[key] = self._term_sums.get(key, 0.0) + float(value.detach())
-            self._term_steps += 1
+        if model.training:  # logged means weighted by scored tokens, as the loss is
+            self.record_terms(terms, weight=student.tokens)
+            if source is not None:  # logged as the share of batches the student wrote (`on_policy` in metrics.jsonl)
+                self.record_terms({"on_policy": torch.tensor(float(source == 1))}, weight=1.0)
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if num_items_in_batch is not None:
             count = num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
-            loss = loss * student.tokens / count
+            loss = loss * student.tokens / max(count, 1)  # an accumulated batch with no scored token: a zero step
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes  # the count is global; DDP averages over processes
         return (loss, None) if return_outputs else loss
@@ -132,14 +138,3 @@ class TokenTrainer(GuardedTrainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """The Trainer's log, plus each loss term's mean over the micro-batches since the last training log."""
-        if "loss" in logs and self._term_steps:
-            keys = sorted(self._term_sums)
-            means = torch.tensor([self._term_sums[k] / self._term_steps for k in keys], device=self.args.device)
-            if self.accelerator.num_processes > 1:
-                means = self.accelerator.reduce(means, reduction="mean")
-            logs = {**logs, **{f"loss_{k}": float(v) for k, v in zip(keys, means)}}
-            self._term_sums, self._term_steps = {}, 0
-        super().log(logs, *args, **kwargs)

@@ -16,7 +16,7 @@ from torch import nn
 
 from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
-from kdistill.methods.base import METHODS, Method, build_method
+from kdistill.methods.base import METHODS, Method, build_method, check_task
 
 
 class Combined(Method):
@@ -56,8 +56,9 @@ class Combined(Method):
         return out
 
 
-def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict[str, Any]]) -> Method:
-    """The main method (with its hyperparameters), combined with `distill.terms` when there are any.
+def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict[str, Any]], task: str | None = None) -> Method:
+    """The main method (with its hyperparameters), combined with `distill.terms` when there are any, and checked
+    to run on `task` when one is given (one line naming the methods that do).
 
     `raw_params` holds the `distill` section's keys other than method/terms/cache settings.
     A key that names a registered method is that method's own section (`kd: {temperature: 4}`):
@@ -72,8 +73,14 @@ def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict
         build_method(section, values, where=f"distill.{section}")
     top = {k: v for k, v in raw_params.items() if k not in METHODS}
     main = build_method(name, {**sections.get(name, {}), **top})
-    if not terms:
-        return main
+    method = Combined(main, _terms(terms)) if terms else main
+    if task is not None:
+        check_task(method, task)
+    return method
+
+
+def _terms(terms: list[dict[str, Any]]) -> list[tuple[float, Method]]:
+    """`distill.terms` as (weight, method) pairs, each term's method and weight checked."""
     built = []
     for i, term in enumerate(terms):
         where = f"distill.terms[{i}]"
@@ -84,4 +91,4 @@ def build_distill_method(name: str, raw_params: dict[str, Any], terms: list[dict
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise KdistillError(f"{where}.weight must be a number >= 0 (got {weight!r})")
         built.append((float(weight), build_method(term["method"], params, where=where)))
-    return Combined(main, built)
+    return built

@@ -24,6 +24,9 @@ class TextTrainConfig(_Strict):
     threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; auto: shared among the kdistill "
                                            "runs on the machine (kdistill.threads)")
 
+    trainer_args: dict[str, Any] = Field(default_factory=dict, description="further transformers.TrainingArguments, "
+                                         "passed as they are (fsdp, fsdp_config, deepspeed, activation_checkpointing, ...)")
+
     _threads = field_validator("threads")(classmethod(lambda cls, v: TrainConfig._thread_count(v)))
 
 
@@ -78,11 +81,8 @@ class TextDistillSettings(BaseModel):
     def build_method(self) -> Any:
         """The Method this section describes (validated, and checked to run on text)."""
         from kdistill.methods import build_distill_method
-        from kdistill.methods.base import check_task
 
-        method = build_distill_method(self.method, self.method_params(), self.terms)
-        check_task(method, "text")
-        return method
+        return build_distill_method(self.method, self.method_params(), self.terms, task="text")
 
 
 def _check_hf(value: str) -> str:

@@ -1,5 +1,6 @@
-"""What text runs add to the Hugging Face Trainer: the NaN guard, the thread share of kdistill.threads, and
-the record (kdistill.ownership) of each checkpoint folder the Trainer is about to save in `state/`.
+"""What kdistill's runs add to the Hugging Face Trainer: the NaN guard, a frozen teacher and logged loss terms
+(`MethodTrainer`, the base of the text and causal-LM trainers), the thread share of kdistill.threads, and the
+record (kdistill.ownership) of each checkpoint folder the Trainer is about to save in `state/`.
 
 The guard: a Trainer whose training step stops the run when its loss went non-finite.
 
@@ -54,3 +55,45 @@ class RecordCheckpoints(TrainerCallback):
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if control.should_save and state.is_world_process_zero:
             Owned(Path(args.output_dir)).claim(f"checkpoint-{state.global_step}", kind=TREE)
+
+
+class MethodTrainer(GuardedTrainer):
+    """A GuardedTrainer whose loss is a kdistill Method: it keeps `teacher` (if any) on the student's device, in
+    eval mode with frozen parameters, and logs each loss term's mean beside the loss (`loss_<term>`)."""
+
+    def __init__(self, *args: Any, teacher: torch.nn.Module | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        self._term_sums: dict[str, float] = {}
+        self._term_weights: dict[str, float] = {}
+        if teacher is not None:
+            self._freeze_teacher()
+
+    def _freeze_teacher(self) -> None:
+        device = next(self.model.parameters()).device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        if any(m.training for m in self.teacher.modules()):
+            self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def record_terms(self, terms: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        """Add one training micro-batch's terms, each a mean over `weight` items (samples, scored tokens), to the
+        weighted means logged with the next training log."""
+        for name, value in terms.items():
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach()) * weight
+            self._term_weights[name] = self._term_weights.get(name, 0.0) + weight
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The Trainer's log, plus each loss term's mean since the last training log, weighted by the items each
+        micro-batch averaged over, on every process together."""
+        if "loss" in logs and self._term_sums:
+            keys = sorted(self._term_sums)
+            totals = torch.tensor([[self._term_sums[k], self._term_weights[k]] for k in keys], dtype=torch.float64,
+                                  device=self.args.device)
+            if self.accelerator.num_processes > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            logs = {**logs, **{f"loss_{k}": float(s / max(w, 1e-12)) for k, (s, w) in zip(keys, totals.tolist())}}
+            self._term_sums, self._term_weights = {}, {}
+        super().log(logs, *args, **kwargs)

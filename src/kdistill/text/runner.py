@@ -17,16 +17,14 @@ from typing import Any
 
 import torch
 
-from pydantic import ValidationError
-
 from kdistill import distributed, threads
-from kdistill.config import dump_config, format_validation_error, load_config, read_yaml, validate_config
+from kdistill.config import dump_config, load_config, read_yaml, validate_config, with_data_overrides
 from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, prepare_run_dir, save_into, write_owned_text
 from kdistill.text.guard import GuardedTrainer, RecordCheckpoints, ThreadShare
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
-from kdistill.text.data import TextDataConfig, TextSplits, load_text_splits
+from kdistill.text.data import TextSplits, load_text_splits
 
 TASK = "text-classification"
 
@@ -147,9 +145,27 @@ def training_arguments(cfg: Any, out: Path, n_train: int, progress: bool, distil
                   # by the number of processes, which a classifier's mean loss must not get: 2x the gradient.)
                   average_tokens_across_devices=False)
     common.update(changes)
+    common.update(_passed_through(cfg.train.trainer_args, common, TrainingArguments))
     if distill:  # the loss is the config's method (DistillationTrainer's method=), not these arguments' alpha and T
         return DistillationTrainingArguments(**common)
     return TrainingArguments(**common)
+
+
+def _passed_through(extra: dict[str, Any], chosen: dict[str, Any], arguments: type) -> dict[str, Any]:
+    """`train.trainer_args`: further `TrainingArguments` (fsdp, fsdp_config, deepspeed, activation_checkpointing,
+    optim, ...) given to the Trainer as they are; one line for a name it does not take or one kdistill sets
+    from its own keys (set train.lr, data.batch_size, ... instead)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(arguments)}
+    unknown = sorted(set(extra) - names)
+    if unknown:
+        raise KdistillError(f"train.trainer_args: {', '.join(unknown)} is not a TrainingArguments setting")
+    taken = sorted(set(extra) & set(chosen))
+    if taken:
+        raise KdistillError(f"train.trainer_args: {', '.join(taken)} is set by kdistill from its own config keys "
+                            "(train.lr, train.epochs, data.batch_size, train.precision, ...); set those instead")
+    return extra
 
 
 def _accuracy_metric(prediction: Any) -> dict[str, float]:
@@ -381,11 +397,7 @@ def load_finished_text_run(run_dir: Path, then: str = "evaluate it",
         raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
     raw = read_yaml(run_dir / "config.yaml")
     cfg = validate_config(raw, TextDistillRunConfig if "student" in raw else TextTrainRunConfig, source=str(run_dir / "config.yaml"))
-    if data_overrides:
-        try:
-            cfg.data = TextDataConfig.model_validate({**cfg.data.model_dump(), **data_overrides})
-        except ValidationError as exc:
-            raise KdistillError(format_validation_error(exc, "--data")) from None
+    cfg.data = with_data_overrides(cfg.data, data_overrides)
     data = load_text_splits(cfg.data)
     model, tokenizer = load_classifier(run_dir, str(run_dir))
     if _labels_of(model) != data.labels:

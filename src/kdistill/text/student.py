@@ -15,10 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 
-# bert/roberta: encoder.layer.N.; distilbert: transformer.layer.N.; llama, qwen, mistral: model.layers.N.
-_LAYER_KEY = re.compile(r"^(.*?\.layers?\.)(\d+)(\..*)$")
+# bert/roberta: encoder.layer.N.; distilbert: transformer.layer.N.; llama, qwen, mistral: model.layers.N.;
+# gpt-2: transformer.h.N.
+_LAYER_KEY = re.compile(r"^(.*?\.(?:layers?|h)\.)(\d+)(\..*)$")
 
 
 def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -44,6 +45,17 @@ def student_from_config(teacher: nn.Module, **overrides: Any) -> nn.Module:
         if not hasattr(config, key):
             raise KdistillError(f"the teacher's config ({type(config).__name__}) has no setting {key!r}")
         setattr(config, key, value)
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers < 1:
+        raise KdistillError(f"num_hidden_layers={layers}: a student needs at least one layer")
+    kinds = getattr(config, "layer_types", None)
+    if "layer_types" not in overrides and isinstance(kinds, list) and isinstance(layers, int) and len(kinds) != layers:
+        config.layer_types = [kinds[i % len(kinds)] for i in range(layers)]  # the teacher's pattern, cut to length
+    if hasattr(config, "validate"):  # transformers' own checks (heads dividing the width, ...), before any training
+        try:
+            config.validate()
+        except Exception as exc:  # a StrictDataclassClassValidationError wrapping a ValueError
+            raise KdistillError(f"student config: {first_line(exc.__cause__ or exc, 200)}") from None
     return type(teacher)(config)
 
 

@@ -38,7 +38,7 @@ from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
 from kdistill.methods import Method, build_method
 from kdistill.methods.base import check_task
-from kdistill.text.guard import GuardedTrainer
+from kdistill.text.guard import MethodTrainer
 
 TEACHER_PREFIX = "teacher_"
 CACHED_LOGITS = "cached_teacher_logits"
@@ -126,11 +126,11 @@ class _MethodEpochs(TrainerCallback):
         self.method.start_epoch(int(state.epoch or 0), math.ceil(args.num_train_epochs))
 
 
-class DistillationTrainer(GuardedTrainer):
+class DistillationTrainer(MethodTrainer):
     """`Trainer(model=student, args=DistillationTrainingArguments(...), teacher_model=teacher, method=None, ...)`."""
 
     def __init__(self, *args: Any, teacher_model: nn.Module, method: Method | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, teacher=teacher_model, **kwargs)
         if not isinstance(self.args, DistillationTrainingArguments):
             raise KdistillError("DistillationTrainer needs DistillationTrainingArguments (alpha, temperature)")
         check_same_labels(teacher_model.config, self.model.config)
@@ -140,20 +140,7 @@ class DistillationTrainer(GuardedTrainer):
         if list(self.method.parameters()):
             raise KdistillError(f"method {self.method.name!r} has trainable parts of its own, which the Trainer's "
                                 "optimiser would not see")
-        self.teacher = teacher_model
-        self._term_sums: dict[str, float] = {}
-        self._term_steps = 0
         self.add_callback(_MethodEpochs(self.method))
-        self._freeze_teacher()
-
-    def _freeze_teacher(self) -> None:
-        device = next(self.model.parameters()).device
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
-        if any(m.training for m in self.teacher.modules()):
-            self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -183,9 +170,7 @@ class DistillationTrainer(GuardedTrainer):
         terms = self.method(batch, outputs.logits, teacher_logits)
         loss = sum(terms.values())
         if model.training:
-            for key, value in terms.items():
-                self._term_sums[key] = self._term_sums.get(key, 0.0) + float(value.detach())
-            self._term_steps += 1
+            self.record_terms(terms, weight=labels.shape[0])
         # Mean over this micro-batch, or (with gradient accumulation) its share of the accumulated batch's mean.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if num_items_in_batch is not None:
@@ -194,14 +179,3 @@ class DistillationTrainer(GuardedTrainer):
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes  # the count is global; DDP averages over processes
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """The Trainer's log, plus each loss term's mean over the micro-batches since the last training log."""
-        if "loss" in logs and self._term_steps:
-            keys = sorted(self._term_sums)
-            means = torch.tensor([self._term_sums[k] / self._term_steps for k in keys], device=self.args.device)
-            if self.accelerator.num_processes > 1:  # every process logs; the means over all of them
-                means = self.accelerator.reduce(means, reduction="mean")
-            logs = {**logs, **{f"loss_{k}": float(v) for k, v in zip(keys, means)}}
-            self._term_sums, self._term_steps = {}, 0
-        super().log(logs, *args, **kwargs)
