@@ -269,7 +269,7 @@ def markdown(result: dict) -> str:
                      f"{r['train_tokens_per_s']:,.0f} | {r['generate_tokens_per_s']:,.1f} | {peak} |")
     c, t = result["cache"], result["step_timing"]
     lines += ["", f"Cache: {c['bytes_per_token']} bytes/token ({c['size_bytes'] / 2**20:.1f} MiB for {c['tokens']:,} "
-              f"positions), built in {c['wall_seconds']:.0f} s.",
+              f"positions), built in {c['seconds']:.0f} s (the teacher's forward over the training blocks, once).",
               f"Step (forward + backward, pruned student, {t['batch_blocks']} blocks, median of {t['repeats']} interleaved): "
               f"CE {t['seconds']['ce'] * 1000:.0f} ms, cached top-k forward KL {t['seconds']['top-k forward_kl'] * 1000:.0f} ms "
               f"({t['ratio_topk_kd_to_ce']:.2f}x).", "", "Targets:"]

@@ -612,3 +612,15 @@ def test_evaluate_refuses_a_teacher_whose_weights_changed(lm_teacher, lm_base, t
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "student")]) == 2
     one_line_error(capsys, "other weights")
+
+
+def test_a_datasets_folder_keeps_its_own_test_split_and_carves_validation_from_train(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [p.read_text() for p in sorted(DOCS.glob("*.txt"))]
+    folder = tmp_path / "ds"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:20]}),
+                          "test": datasets.Dataset.from_dict({"text": texts[20:]})}).save_to_disk(str(folder))
+    docs = read_documents(LMDataConfig(root=str(folder), holdout_every=5))
+    assert [d.text for d in docs["test"]] == texts[20:]
+    assert [d.text for d in docs["val"]] == texts[3:20:5]
+    assert sorted(d.text for d in docs["train"]) == sorted(t for i, t in enumerate(texts[:20]) if i % 5 != 3)
