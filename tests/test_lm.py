@@ -171,12 +171,13 @@ def _trainer(tmp_path, student, teacher, method, data, cache=None, grad_accum=1,
                              optim="sgd", disable_tqdm=True)
     return TokenTrainer(model=student, args=args, train_dataset=BlockDataset(data.train, cache),
                         data_collator=default_data_collator, method=method, teacher=teacher,
-                        cache_temperature=cache.header["fingerprint"]["temperature"] if cache else 1.0)
+                        cache_temperature=cache.temperature if cache else 1.0)
 
 
 def test_the_loss_of_a_full_vocabulary_cache_equals_the_live_teachers(lm_teacher, tmp_path):
     from transformers import default_data_collator
 
+    from kdistill.digests import weights_sha256
     from kdistill.lm.cache import build_lm_cache, lm_cache_fingerprint
     from kdistill.lm.models import load_causal_lm
     from kdistill.lm.trainer import BlockDataset
@@ -185,7 +186,7 @@ def test_the_loss_of_a_full_vocabulary_cache_equals_the_live_teachers(lm_teacher
     teacher, tok = load_causal_lm(lm_teacher, "teacher")
     student, _ = load_causal_lm(lm_teacher, "student")
     data = load_lm_splits(LMDataConfig(**DATA), tok)
-    fingerprint = lm_cache_fingerprint(teacher, tok, data.name, data.train, len(tok), 2.0, "float32")
+    fingerprint = lm_cache_fingerprint(weights_sha256(teacher), tok, data.name, data.train, len(tok), 2.0, "float32")
     cache = build_lm_cache(tmp_path / "cache", teacher, data.train, len(tok), fingerprint, 4, torch.device("cpu"), False)
     method = build_method("jsd", {"alpha": 0.2, "temperature": 2.0, "beta": 0.3})
     batch = default_data_collator([BlockDataset(data.train, cache)[i] for i in range(4)])

@@ -28,7 +28,8 @@ import torch
 
 from kdistill.errors import KdistillError
 from kdistill.export import Predictor, load_predictor, read_export_record, torch_runner
-from kdistill.teachers import file_sha256, recorded_teacher
+from kdistill.digests import file_sha256
+from kdistill.teachers import recorded_teacher
 from kdistill.models import count_params
 from kdistill.report import calibration, format_size, summarize_times
 from kdistill.ownership import FILE, MANIFEST, Owned

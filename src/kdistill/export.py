@@ -39,7 +39,7 @@ from kdistill.inference import accuracy
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, pid_alive
 from kdistill.rundir import write_owned_text
 from kdistill.samples import Batch, TensorSamples, TextSamples
-from kdistill.teachers import file_sha256
+from kdistill.digests import file_sha256
 
 EXPORT_DIR = "export"
 EXPORT_JSON = "export.json"

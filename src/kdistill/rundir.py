@@ -64,6 +64,26 @@ def _adopt_legacy_run(out: Path) -> bool:
     return True
 
 
+def check_finished(run_dir: Path, then: str) -> None:
+    """One line for a run that has not finished: it is resumed by its command, not read (an evaluate would write
+    its report and so mark it finished)."""
+    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
+        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
+
+
+def finished_hf_run_config(run_dir: Path, train_config: type, distill_config: type, then: str,
+                           data_overrides: dict[str, Any] | None) -> Any:
+    """The validated config of a finished run whose model is a Hugging Face folder (text and causal-LM runs),
+    with `--data` overrides applied; a distill run's config is the one with a `student`."""
+    from kdistill.config import read_yaml, validate_config, with_data_overrides
+
+    check_finished(run_dir, then)
+    raw = read_yaml(run_dir / "config.yaml")
+    cfg = validate_config(raw, distill_config if "student" in raw else train_config, source=str(run_dir / "config.yaml"))
+    cfg.data = with_data_overrides(cfg.data, data_overrides)
+    return cfg
+
+
 def is_run_dir(path: Path) -> bool:
     return all((Path(path) / name).is_file() for name in RUN_MARKERS)
 
@@ -140,13 +160,19 @@ def _resumable_after_nonfinite(out: Path, config_yaml: str) -> bool:
 
 def save_into(folder: Path, save: Callable[[Path], None]) -> None:
     """Let another library write files into an owned folder (`save(work_dir)`, e.g. `save_pretrained`): it writes
-    into a claimed work folder, and each entry is claimed before it is moved into place."""
+    into a claimed work folder, and each entry is claimed before it is moved into place. When `save` raises,
+    the work folder is removed and nothing is moved."""
     owned = Owned(folder)
     work = owned.path(".saving", kind=TREE)
     if work.exists():
         shutil.rmtree(work)
     work.mkdir()
-    save(work)
+    try:
+        save(work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        owned.release(".saving")
+        raise
     for entry in sorted(work.iterdir()):
         owned.claim(entry.name, kind=TREE if entry.is_dir() else FILE)
         target = folder / entry.name

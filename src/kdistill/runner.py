@@ -28,7 +28,7 @@ from kdistill.methods import Method, build_distill_method, build_method
 from kdistill.methods.base import check_task
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, report_row, write_report
-from kdistill.rundir import check_out_dir, overlaps, prepare_run_dir
+from kdistill.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
 from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
 from kdistill.teachers import FrozenTeacher, check_same_teacher, load_teacher, record_teacher, recorded_teacher
 
@@ -266,8 +266,7 @@ def load_finished_run(run_dir: Path, data_overrides: dict[str, Any] | None = Non
     With `data` (loaded for another run), the run must have been trained on that data set, which is not loaded again.
     """
     cfg = read_run_config(run_dir)
-    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
-        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
+    check_finished(run_dir, then)
     if data is not None and cfg.data.name != data.name:
         raise KdistillError(f"{run_dir} was trained on {cfg.data.name!r}, not {data.name!r}; compare runs of one data set")
     if data is None:

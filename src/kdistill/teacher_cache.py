@@ -44,6 +44,7 @@ from tqdm import tqdm
 from kdistill.config import CacheConfig
 from kdistill.data.augment import Augmenter
 from kdistill.data.splits import Batch, Split
+from kdistill.digests import tensors_sha256
 from kdistill.errors import KdistillError
 from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
 from kdistill.rundir import write_text_atomic
@@ -57,12 +58,7 @@ CACHE_ROOT = "teacher-cache"  # default location, inside the teacher's run direc
 
 def split_sha256(split: Split) -> str:
     """Content hash of a split (inputs and labels, in order): the cache's data identity."""
-    digest = hashlib.sha256()
-    for tensor in (split.inputs, split.labels):
-        array = np.ascontiguousarray(tensor.numpy())
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
+    return tensors_sha256(split.inputs, split.labels)
 
 
 def cache_fingerprint(teacher: FrozenTeacher, data_name: str, train: Split, classes: list[str],

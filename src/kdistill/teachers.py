@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdistill.digests import file_sha256
 from kdistill.errors import KdistillError
 from kdistill.rundir import write_owned_text
 from kdistill.models import load_run_model
@@ -93,14 +94,6 @@ def load_teacher(run_dir: str | Path | list[str], precision: str = "fp32") -> Fr
     model, spec = load_run_model(path)
     return FrozenTeacher(model, spec, source=str(path), weights_sha256=file_sha256(path / "model.safetensors"),
                          precision=precision)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 TEACHER_RECORD = "teacher.json"

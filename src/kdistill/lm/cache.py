@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from kdistill.errors import KdistillError
 from kdistill.lm.data import Blocks
-from kdistill.lm.models import final_hidden, head_of, tokenizer_sha256, weights_sha256
+from kdistill.lm.models import final_hidden, head_of, tokenizer_sha256
 from kdistill.losses.tokens import top_k_of
 from kdistill.ownership import Owned
 from kdistill.teacher_cache import CACHE_ROOT, open_or_build, write_cache_folder
@@ -37,10 +37,10 @@ LM_CACHE_FORMAT = 1
 ARRAYS = ("topk_logprobs.npy", "topk_index.npy", "rest_logmass.npy")
 
 
-def lm_cache_fingerprint(teacher: Any, tokenizer: Any, data_name: str, train: Blocks, top_k: int, temperature: float,
-                         dtype: str) -> dict[str, Any]:
-    """Everything the stored log-probabilities depend on."""
-    return {"format": LM_CACHE_FORMAT, "task": "causal-lm", "teacher_sha256": weights_sha256(teacher),
+def lm_cache_fingerprint(teacher_sha256: str, tokenizer: Any, data_name: str, train: Blocks, top_k: int,
+                         temperature: float, dtype: str) -> dict[str, Any]:
+    """Everything the stored log-probabilities depend on (`teacher_sha256`: kdistill.digests.weights_sha256)."""
+    return {"format": LM_CACHE_FORMAT, "task": "causal-lm", "teacher_sha256": teacher_sha256,
             "tokenizer_sha256": tokenizer_sha256(tokenizer),
             "data": {"name": data_name, "blocks": len(train), "block_size": int(train.input_ids.shape[1]),
                      "content_sha256": train.sha256()},
@@ -70,6 +70,11 @@ class LMTeacherCache:
         return (torch.from_numpy(np.array(self.logprobs[block], dtype=np.float32)),
                 torch.from_numpy(np.array(self.ids[block], dtype=np.int64)),
                 torch.from_numpy(np.array(self.tail[block], dtype=np.float32)))
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the stored log-probabilities were taken at."""
+        return float(self.header["fingerprint"]["temperature"])
 
     @property
     def bytes_per_token(self) -> float:

@@ -19,13 +19,15 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from kdistill.compare import expand_runs, prepare_out, run_names
+from kdistill.digests import weights_sha256
 from kdistill.errors import KdistillError
 from kdistill.lm.evaluate import lm_report_row
 from kdistill.lm.models import hf_folder, load_causal_lm
 from kdistill.lm.report import lm_table
-from kdistill.lm.runner import load_finished_lm_run
+from kdistill.lm.runner import check_recorded_teacher, load_finished_lm_run
 from kdistill.report import report_row
 from kdistill.rundir import write_owned_text
+from kdistill.teachers import recorded_teacher
 
 
 class Opened(NamedTuple):
@@ -40,11 +42,7 @@ class Opened(NamedTuple):
 def _reference(runs: list[Path], teacher: str | None) -> Path | None:
     if teacher is not None:
         return hf_folder(teacher, "--teacher")
-    recorded = set()
-    for run in runs:
-        path = run / "teacher.json"
-        if path.is_file():
-            recorded.add(json.loads(path.read_text()).get("path"))
+    recorded = {record.get("path") for run in runs if (record := recorded_teacher(run))}
     if len(recorded) == 1 and (path := recorded.pop()) and (Path(path) / "config.json").is_file():
         return Path(path)
     return None
@@ -75,6 +73,10 @@ def compare_lm_runs(paths: list[str | Path], *, out: str | Path = "runs/compare"
                                 "or tokenizer); compare runs of one data set")
     teacher_run = next((o for o in opened if teacher_dir is not None and o.run.resolve() == teacher_dir.resolve()), None)
     reference = teacher_run.model if teacher_run else load_causal_lm(teacher_dir, "teacher")[0] if teacher_dir else None
+    if reference is not None and teacher_run is None:  # the teacher the distilled runs recorded, with its weights then
+        digest = weights_sha256(reference)
+        for o in opened:
+            check_recorded_teacher(o.run, teacher_dir, digest)
     log(f"evaluating {len(opened) + (reference is not None and teacher_run is None)} model(s) on {split} "
         f"({blocks.scored_tokens:,} tokens of {first.data.name})")
     rows = []

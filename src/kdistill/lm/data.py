@@ -18,16 +18,15 @@ position t predicts `labels[t]`, and the block's last position has no label.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kdistill.digests import tensors_sha256
 from kdistill.errors import KdistillError, first_line
 
 IGNORE = -100
@@ -97,12 +96,7 @@ class Blocks:
 
     def sha256(self) -> str:
         """Content hash (token ids and labels, in order): the teacher cache's data identity."""
-        digest = hashlib.sha256()
-        for tensor in (self.input_ids, self.labels):
-            array = np.ascontiguousarray(tensor.numpy())
-            digest.update(str((array.dtype.str, array.shape)).encode())
-            digest.update(memoryview(array).cast("B"))
-        return digest.hexdigest()
+        return tensors_sha256(self.input_ids, self.labels)
 
 
 @dataclass

@@ -12,15 +12,16 @@ import copy
 import hashlib
 import inspect
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 
+from kdistill.digests import file_sha256
 from kdistill.errors import KdistillError, first_line
 from kdistill.ownership import FOLDER, Owned
+from kdistill.rundir import save_into
 
 CHECK_SENTENCES = (
     "The Python Language Reference describes the exact syntax and semantics of the language.",
@@ -167,16 +168,6 @@ def check_same_vocabulary(teacher_tok: Any, student_tok: Any, teacher_name: str,
             "{from_config: ...}), which uses the teacher's tokenizer")
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """A hash of the model's weights (names, shapes, dtypes and values, in order)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        array = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}{tuple(array.shape)}{array.dtype}".encode())
-        digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
-    return digest.hexdigest()
-
-
 def head_of(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output head's weight (V, d) and bias of a causal LM (unwrapped from DDP)."""
     model = getattr(model, "module", model)
@@ -218,14 +209,6 @@ def _logits(model: Any, tokenizer: Any) -> list[torch.Tensor]:
         return [model(**tokenizer(s, return_tensors="pt")).logits[0].float() for s in CHECK_SENTENCES]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
 def import_gguf(gguf: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """`kdistill import-gguf FILE OUT_DIR`: the GGUF model as a plain Hugging Face folder (float32 safetensors,
     config without the quantisation entry, tokenizer), verified against the GGUF-loaded model; returns the
@@ -253,32 +236,26 @@ def import_gguf(gguf: str | Path, out: str | Path, *, overwrite: bool = False) -
         raise KdistillError(f"{gguf}: its weights do not fill a {type(plain).__name__} (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]})")
     plain.tie_weights()
-    work = owned.path(".importing", kind="tree")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    plain.save_pretrained(work, safe_serialization=True)
-    tokenizer.save_pretrained(work)
-    reloaded, reloaded_tok = load_causal_lm(work, str(out))
-    before, after = _logits(source, tokenizer), _logits(reloaded, reloaded_tok)
-    diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
-    agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(before, after)) / sum(len(a) for a in before)
-    if not diff < 1e-3 or agree < 1.0:
-        shutil.rmtree(work)
-        owned.release(".importing")
-        raise KdistillError(f"{gguf}: the imported model's logits differ from the GGUF model's by {diff:.3g} "
-                            f"(argmax agreement {agree:.3f}); not written")
-    record = {"source": str(gguf.resolve()), "source_sha256": file_sha256(gguf), "architecture": type(plain).__name__,
-              "params": sum(p.numel() for p in plain.parameters()), "layers": int(config.num_hidden_layers),
-              "vocab_size": int(config.vocab_size), "check_sentences": len(CHECK_SENTENCES),
-              "max_abs_logit_diff": diff, "argmax_agreement": agree}
-    (work / "import.json").write_text(json.dumps(record, indent=2) + "\n")
+    record: dict[str, Any] = {}
+
+    def save_checked(work: Path) -> None:
+        plain.save_pretrained(work, safe_serialization=True)
+        tokenizer.save_pretrained(work)
+        reloaded, reloaded_tok = load_causal_lm(work, str(out))
+        before, after = _logits(source, tokenizer), _logits(reloaded, reloaded_tok)
+        diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+        agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(before, after)) / sum(len(a) for a in before)
+        if not diff < 1e-3 or agree < 1.0:
+            raise KdistillError(f"{gguf}: the imported model's logits differ from the GGUF model's by {diff:.3g} "
+                                f"(argmax agreement {agree:.3f}); not written")
+        record.update(source=str(gguf.resolve()), source_sha256=file_sha256(gguf), architecture=type(plain).__name__,
+                      params=sum(p.numel() for p in plain.parameters()), layers=int(config.num_hidden_layers),
+                      vocab_size=int(config.vocab_size), check_sentences=len(CHECK_SENTENCES),
+                      max_abs_logit_diff=diff, argmax_agreement=agree)
+        (work / "import.json").write_text(json.dumps(record, indent=2) + "\n")
+
     from kdistill.teacher_cache import CACHE_ROOT
 
+    save_into(out, save_checked)  # written aside, checked, then moved into place name by name
     owned.claim(CACHE_ROOT, kind=FOLDER)  # a causal-LM teacher cache of this model may live inside the folder
-    for entry in sorted(work.iterdir()):
-        owned.claim(entry.name, kind="tree" if entry.is_dir() else "file")
-        entry.replace(out / entry.name)
-    work.rmdir()
-    owned.release(".importing")
     return record

@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from kdistill import threads
-from kdistill.config import load_config, read_yaml, validate_config, with_data_overrides
+from kdistill.config import load_config
+from kdistill.digests import weights_sha256
 from kdistill.errors import KdistillError
 from kdistill.lm.config import TASK, LMDistillRunConfig, LMTrainRunConfig
 from kdistill.lm.data import LMSplits, load_lm_splits
 from kdistill.lm.models import (check_block_size, check_same_head, check_same_vocabulary, hf_folder, load_causal_lm,
-                                require_lm_extra, student_from_spec, weights_sha256)
+                                require_lm_extra, student_from_spec)
 from kdistill.report import report_row, write_report
-from kdistill.rundir import write_owned_text
+from kdistill.rundir import finished_hf_run_config, write_owned_text
+from kdistill.teachers import TEACHER_RECORD, recorded_teacher
 
 
 def load_lm_config(path: str | Path, overrides: list[str], distill: bool) -> LMTrainRunConfig | LMDistillRunConfig:
@@ -53,7 +56,7 @@ def _fit(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, method: Any, out:
     trainer = TokenTrainer(model=model, args=_lm_arguments(cfg, out, len(data.train), progress),
                            train_dataset=BlockDataset(data.train, cache), eval_dataset=BlockDataset(data.val),
                            data_collator=default_data_collator, method=method, teacher=teacher, chunk_tokens=chunk,
-                           cache_temperature=float(cache.header["fingerprint"]["temperature"]) if cache else 1.0,
+                           cache_temperature=cache.temperature if cache else 1.0,
                            generation=generation)
     train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
     return trainer
@@ -127,21 +130,23 @@ def _cache_temperature(method: Any) -> float:
     return values.pop() if values else 1.0
 
 
-def _open_cache(cfg: LMDistillRunConfig, method: Any, teacher: Any, teacher_tok: Any, teacher_dir: Path, data: LMSplits,
-                *, rebuild: bool = False, progress: bool = True) -> tuple[Any, bool]:
+def _open_cache(cfg: LMDistillRunConfig, method: Any, teacher: Any, teacher_sha256: str, teacher_tok: Any,
+                teacher_dir: Path, data: LMSplits, *, rebuild: bool = False, progress: bool = True) -> Any:
+    """The matching teacher cache, built if absent (or, with `rebuild`, mismatched)."""
     from kdistill.lm.cache import default_lm_cache_dir, lm_cache_fingerprint, open_or_build_lm_cache
     from kdistill.text.runner import run_device
 
     settings = cfg.distill.cache
-    fingerprint = lm_cache_fingerprint(teacher, teacher_tok, data.name, data.train, settings.top_k,
+    fingerprint = lm_cache_fingerprint(teacher_sha256, teacher_tok, data.name, data.train, settings.top_k,
                                        _cache_temperature(method), settings.dtype)
     path = Path(settings.dir) if settings.dir else default_lm_cache_dir(teacher_dir, fingerprint)
     if path is None:
         raise KdistillError(f"distill.cache.dir: the teacher {teacher_dir} is not a folder kdistill wrote (an import-gguf "
                             "folder or a run), so the cache cannot go inside it; set distill.cache.dir=<a new folder>")
-    return open_or_build_lm_cache(path, teacher, data.train, int(teacher.config.vocab_size), fingerprint,
-                                  settings.batch_size, torch.device(run_device(cfg)), rebuild=rebuild, progress=progress,
-                                  chunk=cfg.distill.chunk_tokens)
+    cache, _ = open_or_build_lm_cache(path, teacher, data.train, int(teacher.config.vocab_size), fingerprint,
+                                      settings.batch_size, torch.device(run_device(cfg)), rebuild=rebuild,
+                                      progress=progress, chunk=cfg.distill.chunk_tokens)
+    return cache
 
 
 def _load_data(cfg: Any, tokenizer: Any) -> LMSplits:
@@ -175,8 +180,8 @@ def run_lm_cache_teacher(cfg: LMDistillRunConfig, *, rebuild: bool = False, prog
     method, teacher, teacher_tok, teacher_dir, _, _, data = _distill_setup(cfg)
     if not method.needs_teacher:
         raise KdistillError(f"distill.method {method.name!r} does not read the teacher; there is nothing to cache")
-    cache, _ = _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, rebuild=rebuild, progress=progress)
-    return cache
+    return _open_cache(cfg, method, teacher, weights_sha256(teacher), teacher_tok, teacher_dir, data, rebuild=rebuild,
+                       progress=progress)
 
 
 @threads.counted
@@ -187,11 +192,16 @@ def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress
     ctx = join_processes(cfg)
     method, teacher, teacher_tok, teacher_dir, student, student_tok, data = _distill_setup(cfg)
     out = cfg.out_dir()
+    teacher_sha256 = weights_sha256(teacher)  # the cache's fingerprint and teacher.json
     cache = None
     if cfg.distill.teacher_outputs == "cached" and method.needs_teacher:  # before the run directory: its errors too
-        ctx.on_main(lambda: _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, progress=progress))
-        ctx.barrier()  # built once, by rank 0; then every process opens it
-        cache, _ = _open_cache(cfg, method, teacher, teacher_tok, teacher_dir, data, progress=progress)
+        def opened() -> Any:
+            return _open_cache(cfg, method, teacher, teacher_sha256, teacher_tok, teacher_dir, data, progress=progress)
+
+        cache = ctx.on_main(opened)  # built once, by rank 0
+        ctx.barrier()
+        if not ctx.is_main:
+            cache = opened()  # then the other processes open it
         teacher.cpu()  # not needed again until the report, which runs on the CPU
         if ctx.is_main:
             print(f"kdistill: teacher cache {cache.path} ({cache.bytes_per_token:.0f} bytes/token)")
@@ -202,9 +212,9 @@ def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress
                    chunk=cfg.distill.chunk_tokens, generation=cfg.generation())
     if not ctx.is_main:
         return {}
-    record = {"path": str(teacher_dir.resolve()), "weights_sha256": weights_sha256(teacher)} | ({"cache": str(cache.path.resolve()),
+    record = {"path": str(teacher_dir.resolve()), "weights_sha256": teacher_sha256} | ({"cache": str(cache.path.resolve()),
                                                      "cache_bytes_per_token": cache.bytes_per_token} if cache else {})
-    write_owned_text(out, "teacher.json", json.dumps(record, indent=2) + "\n")
+    write_owned_text(out, TEACHER_RECORD, json.dumps(record, indent=2) + "\n")
     row = _report(cfg, student, student_tok, data, "test", out, "distilled", teacher, cfg.distill.chunk_tokens,
                   _train_tokens_per_s(trainer, cfg.data.block_size))
     write_report([row], out / "report.json")
@@ -215,26 +225,29 @@ def load_finished_lm_run(run_dir: Path, then: str = "evaluate it", data_override
                          ) -> tuple[Any, LMSplits, Any, Any]:
     """A finished causal-LM run's config, data (with `data_overrides`), model (eval, CPU) and tokenizer."""
     require_lm_extra()
-    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
-        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
-    raw = read_yaml(run_dir / "config.yaml")
-    cfg = validate_config(raw, LMDistillRunConfig if "student" in raw else LMTrainRunConfig, source=str(run_dir / "config.yaml"))
-    cfg.data = with_data_overrides(cfg.data, data_overrides)
+    cfg = finished_hf_run_config(run_dir, LMTrainRunConfig, LMDistillRunConfig, then, data_overrides)
     model, tokenizer = load_causal_lm(run_dir, str(run_dir))
     return cfg, load_lm_splits(cfg.data, tokenizer), model, tokenizer
 
 
+def check_recorded_teacher(run_dir: Path, path: Path, teacher_sha256: str) -> None:
+    """Refuse a teacher at `path` whose weights differ from those `run_dir` was distilled from (its teacher.json):
+    KL and agreement would measure another teacher."""
+    record = recorded_teacher(run_dir) or {}
+    if record.get("path") == str(path.resolve()) and record.get("weights_sha256") not in (None, teacher_sha256):
+        raise KdistillError(f"{run_dir}: its teacher {path} has other weights than when the run was distilled; "
+                            "KL and agreement would measure another teacher")
+
+
 def run_teacher(run_dir: Path) -> Any:
-    """The teacher of a finished distill run (from its teacher.json), or None when it is gone; a model at that path
-    with other weights than the run's teacher is refused (its KL would measure another teacher)."""
-    record = json.loads((run_dir / "teacher.json").read_text()) if (run_dir / "teacher.json").is_file() else {}
+    """The teacher of a finished distill run (from its teacher.json), checked to be the one it learned from, or
+    None when it is gone."""
+    record = recorded_teacher(run_dir) or {}
     path = Path(record["path"]) if record.get("path") else None
     if path is None or not (path / "config.json").is_file():
         return None
     teacher = load_causal_lm(path, "teacher")[0]
-    if record.get("weights_sha256") not in (None, weights_sha256(teacher)):
-        raise KdistillError(f"{run_dir}: its teacher {path} has other weights than when the run was distilled; "
-                            "KL and agreement would measure another teacher")
+    check_recorded_teacher(run_dir, path, weights_sha256(teacher))
     return teacher
 
 

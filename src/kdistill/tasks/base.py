@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from kdistill.config import read_yaml
 from kdistill.errors import KdistillError
 from kdistill.export import ExportSource
 from kdistill.samples import TensorSamples, TextSamples
@@ -69,9 +70,12 @@ class Task(ABC):
                  shared: Any = None) -> OpenedRun:
         """A finished run's model and one split (for compare); `then` says what the user wanted to do."""
 
-    @abstractmethod
+    default_role = "teacher"  # of a train config without a `role`
+
     def role(self, run_dir: Path) -> str:
-        """teacher | student | distilled, read from the run's config."""
+        """teacher | student | distilled, read from the run's config (distill configs have a `student`)."""
+        raw = read_yaml(run_dir / "config.yaml")
+        return "distilled" if "student" in raw else str(raw.get("role", self.default_role))
 
     @abstractmethod
     def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:

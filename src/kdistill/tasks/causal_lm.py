@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import read_yaml
 from kdistill.errors import KdistillError
 from kdistill.export import ExportSource
 from kdistill.lm.config import TASK
@@ -16,6 +15,7 @@ class CausalLMTask(Task):
     """Configs with `task: causal-lm`; run directories whose model.json says so."""
 
     name = TASK
+    default_role = "student"
 
     def claims_config(self, raw: dict[str, Any]) -> bool:
         return raw.get("task") == TASK
@@ -53,10 +53,6 @@ class CausalLMTask(Task):
         from kdistill.lm.compare import compare_lm_runs
 
         return compare_lm_runs(runs, **options)
-
-    def role(self, run_dir: Path) -> str:
-        raw = read_yaml(run_dir / "config.yaml")
-        return "distilled" if "student" in raw else str(raw.get("role", "student"))
 
     def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:
         raise KdistillError(f"{run_dir}: kdistill export does not export causal LMs yet; the run directory is a Hugging "

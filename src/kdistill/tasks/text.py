@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import read_yaml
 from kdistill.export import ExportSource
 from kdistill.tasks.base import OpenedRun, Task, role_of_config, run_task_name
 from kdistill.text.runner import TASK, load_text_config
@@ -43,10 +42,6 @@ class TextClassificationTask(Task):
         cfg, data, model, tokenizer = load_finished_text_run(run_dir, then, data_overrides)
         return OpenedRun(cfg, data.name, model, text_samples(data, split, tokenizer, cfg.data.max_length),
                          role_of_config(cfg), shared)
-
-    def role(self, run_dir: Path) -> str:
-        raw = read_yaml(run_dir / "config.yaml")
-        return "distilled" if "student" in raw else str(raw.get("role", "teacher"))
 
     def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:
         from kdistill.text.deploy import text_export_source

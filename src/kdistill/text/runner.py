@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from kdistill import distributed, threads
-from kdistill.config import dump_config, load_config, read_yaml, validate_config, with_data_overrides
+from kdistill.config import dump_config, load_config
 from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
-from kdistill.rundir import check_out_dir, prepare_run_dir, save_into, write_owned_text
+from kdistill.rundir import check_out_dir, finished_hf_run_config, prepare_run_dir, save_into, write_owned_text
 from kdistill.text.guard import GuardedTrainer, RecordCheckpoints, ThreadShare
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextSplits, load_text_splits
@@ -393,11 +393,7 @@ def load_finished_text_run(run_dir: Path, then: str = "evaluate it",
     """A finished text run's config, data splits (with `data_overrides`, e.g. another root), classifier
     (eval mode, CPU) and tokenizer."""
     require_text_extra()
-    if not (run_dir / "report.json").is_file() and (run_dir / "state").is_dir():
-        raise KdistillError(f"{run_dir} is an unfinished run; resume it by running its train/distill command again, then {then}")
-    raw = read_yaml(run_dir / "config.yaml")
-    cfg = validate_config(raw, TextDistillRunConfig if "student" in raw else TextTrainRunConfig, source=str(run_dir / "config.yaml"))
-    cfg.data = with_data_overrides(cfg.data, data_overrides)
+    cfg = finished_hf_run_config(run_dir, TextTrainRunConfig, TextDistillRunConfig, then, data_overrides)
     data = load_text_splits(cfg.data)
     model, tokenizer = load_classifier(run_dir, str(run_dir))
     if _labels_of(model) != data.labels:
