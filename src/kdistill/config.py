@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdistill.errors import KdistillError, first_line
 
@@ -212,14 +212,65 @@ class TrainRunConfig(_RunConfig):
     role: Literal["teacher", "student"] = "teacher"
 
 
-class DistillRunConfig(_RunConfig):
-    """`kdistill distill`: a student taught by a teacher run directory.
+class TeacherWeights(_Strict):
+    """A teacher trained outside kdistill, given as an architecture (a zoo, `timm:` or `torchvision:` model
+    spec) plus a weights file: safetensors, or a PyTorch state dict read with `torch.load(weights_only=True)`."""
 
-    `teacher`: one run directory, a list of them (an ensemble: the mean of their logits), or
-    nothing for teacher-free methods (`tf_kd`, `dml`).
+    model: ModelSpec
+    weights: str = Field(min_length=1)
+
+
+class TeacherInput(_Strict):
+    """What the teacher's input looks like when it differs from the student's (e.g. an ImageNet model).
+
+    The student's input has the data set's normalisation undone (pixels in [0, 1]), is resized to `size`
+    (bilinear), repeated to `channels`, and normalised with `mean`/`std` (per channel); without `mean`/`std`
+    the data set's own normalisation is kept. Applied to the teacher's input only (kdistill.teacher_input)."""
+
+    mean: list[float] | None = Field(None, min_length=1, max_length=4)
+    std: list[float] | None = Field(None, min_length=1, max_length=4)
+    size: int | list[int] | None = None
+    channels: int | None = Field(None, ge=1, le=4)
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(v <= 0 for v in value):
+            raise ValueError("every std must be positive")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: int | list[int] | None) -> int | list[int] | None:
+        sizes = [value] if isinstance(value, int) else value or []
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError("give one size or [height, width]")
+        if any(not 1 <= s <= 4096 for s in sizes):
+            raise ValueError("sizes must be between 1 and 4096")
+        return value
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> "TeacherInput":
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std or [])):
+            raise ValueError("give mean and std together, one value per channel each")
+        return self
+
+
+TeacherRef = str | TeacherWeights
+
+
+class DistillRunConfig(_RunConfig):
+    """`kdistill distill`: a student taught by a teacher.
+
+    `teacher`: a kdistill run directory, an ONNX file (`.onnx`), a `torch.export` program (`.pt2`, read only
+    with `teacher_trust: true`: loading one can run code from the file), `{model: {...}, weights: FILE}`, a
+    list of these (an ensemble: the mean of their logits), or nothing for teacher-free methods (`tf_kd`,
+    `dml`). `teacher_input`: how the teacher's input differs from the student's (every member's).
     """
 
-    teacher: str | list[str] | None = None
+    teacher: TeacherRef | list[TeacherRef] | None = None
+    teacher_input: TeacherInput | None = None
+    teacher_trust: bool = False
     student: ModelSpec
     distill: DistillConfig = Field(default_factory=DistillConfig)
     sweep: SweepConfig | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")

@@ -281,8 +281,9 @@ class Predictor:
         return self.path.stat().st_size
 
 
-def onnx_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (default: torch's thread count)."""
+def onnx_session(path: Path, threads: int | None = None, gpu: bool = False, remedy: str = "export again"):
+    """An ONNX Runtime CPU session with `threads` intra-op threads (default: torch's thread count); with `gpu`,
+    on the CUDA execution provider when ONNX Runtime has it (the CPU otherwise)."""
     _require("onnxruntime")
     import onnxruntime as ort
 
@@ -293,10 +294,13 @@ def onnx_session(path: Path, threads: int | None = None):
     # ONNX Runtime's threads spin after each call by default; interleaved with PyTorch in one process that
     # steals the cores PyTorch's next call needs (measured: PyTorch rows 40x slower). No spinning: fair timing.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-        raise KdistillError(f"{path}: ONNX Runtime cannot load it ({first_line(exc, 200)}); export again") from None
+        raise KdistillError(f"{path}: ONNX Runtime cannot load it ({first_line(exc, 200)}); {remedy}") from None
 
 
 def onnx_runner(path: Path, threads: int | None = None) -> Callable[[Batch], torch.Tensor]:

@@ -30,7 +30,8 @@ from kdistill.models import build_model, load_run_model, load_weights, model_spe
 from kdistill.report import evaluate_model, report_row, write_report
 from kdistill.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
 from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
-from kdistill.teachers import FrozenTeacher, check_same_teacher, load_teacher, record_teacher, recorded_teacher
+from kdistill.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, load_teacher, print_notes,
+                               record_teacher, recorded_teacher)
 
 
 def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, data: DataSplits) -> None:
@@ -114,6 +115,8 @@ def _train_and_report(
         if get_cache is not None:  # built (if needed) before the run dir is touched; by rank 0 when several
             cache = ctx.on_main(lambda: get_cache(augment))
             cache = cache or get_cache(augment)
+        if ctx.is_main:
+            print_notes(teacher)
 
         def prepare() -> None:
             prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
@@ -171,12 +174,14 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
     fingerprint = cache_fingerprint(teacher, data.name, data.train, data.classes, augment, ccfg)
     if ccfg.dir:
         path = Path(ccfg.dir)
-    elif teacher.source:
-        path = default_cache_dir(teacher.source, fingerprint)
+    elif teacher.run_dir:
+        path = default_cache_dir(teacher.run_dir, fingerprint)
     else:
-        raise KdistillError("distill.cache.dir is required when the teacher is not a run directory")
+        raise KdistillError(f"distill.cache.dir is required when the teacher is not a kdistill run directory "
+                            f"({teacher.source} is a {teacher.kind} teacher)")
     if overlaps(path, cfg.out_dir()):
         raise KdistillError(f"distill.cache.dir {path} overlaps the run directory {cfg.out_dir()}; set another distill.cache.dir")
+    print_notes(teacher)
     device = resolve_device(cfg.train.device)
     cache, built = open_or_build_cache(path, teacher, data.train, data.num_classes, augment, ccfg, fingerprint, device,
                                        rebuild=rebuild, progress=progress)
@@ -196,9 +201,19 @@ def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher | N
             raise KdistillError(f"teacher: missing; method {method.name!r} learns from a teacher run directory "
                                 "(set teacher: runs/<teacher>); teacher-free methods: tf_kd, dml")
         return data, None, method
-    teacher = load_teacher(cfg.teacher, precision=cfg.distill.teacher_precision)
-    _check_fits(teacher.spec, data, f"teacher {teacher.source}")
+    teacher = _config_teacher(cfg, cfg.teacher, data, precision=cfg.distill.teacher_precision)
+    if method.reads_teacher_features and not teacher.has_modules:
+        raise KdistillError(f"distill.method {method.name!r} reads the teacher's intermediate features, and teacher "
+                            f"{teacher.source} is a {teacher.kind} graph with no modules to read them from; use a logit "
+                            "method (kd, dkd, dist, ls_kd), or give the teacher as {model: {name: ...}, weights: FILE}")
     return data, teacher, method
+
+
+def _config_teacher(cfg: DistillRunConfig, ref: Any, data: DataSplits, precision: str = "fp32") -> FrozenTeacher:
+    """The teacher `ref` names, with the config's teacher_input and teacher_trust, checked against the data."""
+    teacher = load_teacher(ref, precision, data=data, teacher_input=cfg.teacher_input, trust=cfg.teacher_trust)
+    teacher.notes = check_teacher_on_data(teacher, data)
+    return teacher
 
 
 @threads.counted
@@ -286,9 +301,9 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: di
         recorded = record["path"] if record else None
         paths = recorded if isinstance(recorded, list) else [recorded] if recorded else []
         if paths and all(Path(p).is_dir() for p in paths):
-            teacher = load_teacher(recorded)
+            teacher = _config_teacher(cfg, recorded, data)
         elif cfg.teacher is not None:
-            teacher = load_teacher(cfg.teacher)
+            teacher = _config_teacher(cfg, cfg.teacher, data)
         if teacher is not None:
             check_same_teacher(run_dir, teacher)
     else:

@@ -76,6 +76,7 @@ def cache_fingerprint(teacher: FrozenTeacher, data_name: str, train: Split, clas
         "seed": cfg.seed,
         "dtype": cfg.dtype,
         "top_k": cfg.top_k,
+        **({"teacher_input": teacher.spec["teacher_input"]} if teacher.spec.get("teacher_input") else {}),
     }
 
 

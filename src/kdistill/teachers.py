@@ -5,16 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdistill.config import TeacherInput, TeacherRef, TeacherWeights
+from kdistill.data.splits import DataSplits
 from kdistill.digests import file_sha256
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 from kdistill.rundir import write_owned_text
 from kdistill.models import load_run_model
+from kdistill.teacher_files import EXPORTED_SUFFIX, ONNX_SUFFIX, load_exported_teacher, load_onnx_teacher, load_weights_teacher
+from kdistill.teacher_input import TeacherInputAdapter, attach_input_adapter
 
 
 class FrozenTeacher:
@@ -34,7 +39,11 @@ class FrozenTeacher:
         self.source = source
         self.weights_sha256 = weights_sha256
         self.precision = precision
-        self.sources = [source] if source else []  # every run directory it was loaded from (ensembles: several)
+        self.sources = [source] if source else []  # every run directory or file it was loaded from (ensembles: several)
+        self.kind = "module"  # run | onnx | pt2 | weights | ensemble (set by load_teacher); module: given in Python
+        self.run_dir: str | None = None  # the kdistill run directory it came from (where its cache lives by default)
+        self.has_modules = True  # False for ONNX and torch.export graphs: no submodules to hook (feature methods)
+        self.notes: list[str] = []  # what the checks against the data found (accuracy, warnings), printed once
 
     def to(self, device: torch.device | str) -> "FrozenTeacher":
         self.model.to(device)
@@ -66,34 +75,132 @@ class MeanOfModels(nn.Module):
         return torch.stack([member(inputs) for member in self.members]).mean(dim=0)
 
 
-def load_teacher(run_dir: str | Path | list[str], precision: str = "fp32") -> FrozenTeacher:
-    """Load a teacher from a kdistill run directory (model.json + model.safetensors), or an
-    ensemble from a list of them (same classes and input shape; their logits are averaged)."""
-    if isinstance(run_dir, (list, tuple)):
-        if not run_dir:
+def load_teacher(ref: TeacherRef | list[TeacherRef], precision: str = "fp32", *, data: DataSplits | None = None,
+                 teacher_input: TeacherInput | None = None, trust: bool = False) -> FrozenTeacher:
+    """The teacher a config names: a kdistill run directory (model.json + model.safetensors), an ONNX file, a
+    `torch.export` program (only with `trust`), `{model, weights}` (kdistill.teacher_files), or a list of these
+    (an ensemble: same classes and input shape, logits averaged). `data` (the data set the student trains on)
+    is needed for `{model, weights}` and `teacher_input`; `teacher_input` applies to every member."""
+    if isinstance(ref, (list, tuple)):
+        if not ref:
             raise KdistillError("teacher: an empty list; give a run directory or a list of them")
-        members = [load_teacher(path, precision) for path in run_dir]
-        if len(members) == 1:
-            return members[0]
-        first = members[0]
-        for member in members[1:]:
-            for key in ("classes", "input_shape"):
-                if member.spec.get(key) != first.spec.get(key):
-                    raise KdistillError(f"teacher: ensemble members {first.source} and {member.source} differ in {key}")
-        combined = hashlib.sha256("".join(m.weights_sha256 or "" for m in members).encode()).hexdigest()
-        spec = {**first.spec, "name": "ensemble", "kwargs": {"members": [m.spec.get("name") for m in members]}}
-        teacher = FrozenTeacher(MeanOfModels([m.model for m in members]), spec, source=first.source,
-                                weights_sha256=combined, precision=precision)
-        teacher.sources = [m.source for m in members]
-        return teacher
-    path = Path(run_dir)
+        members = [load_teacher(one, precision, data=data, teacher_input=teacher_input, trust=trust) for one in ref]
+        return members[0] if len(members) == 1 else _ensemble(members, precision)
+    adapter = None
+    if teacher_input is not None:
+        if data is None:
+            raise ValueError("teacher_input needs the data set")
+        adapter = TeacherInputAdapter(teacher_input, data.input_shape, data.normalization)
+    teacher = _load_one(ref, precision, data, adapter.output_shape if adapter else None, trust)
+    if adapter is not None:
+        attach_input_adapter(teacher.model, adapter)
+        teacher.spec["teacher_input"] = adapter.describe()
+    return teacher
+
+
+def _ensemble(members: list[FrozenTeacher], precision: str) -> FrozenTeacher:
+    first = members[0]
+    for member in members[1:]:
+        for key in ("classes", "input_shape"):
+            if member.spec.get(key) != first.spec.get(key):
+                raise KdistillError(f"teacher: ensemble members {first.source} and {member.source} differ in {key}")
+    combined = hashlib.sha256("".join(m.weights_sha256 or "" for m in members).encode()).hexdigest()
+    spec = {**first.spec, "name": "ensemble", "kwargs": {"members": [m.spec.get("name") for m in members]}}
+    teacher = FrozenTeacher(MeanOfModels([m.model for m in members]), spec, source=first.source,
+                            weights_sha256=combined, precision=precision)
+    teacher.sources = [m.source for m in members]
+    teacher.kind = "ensemble"
+    teacher.run_dir = first.run_dir if all(m.run_dir for m in members) else None
+    teacher.has_modules = all(m.has_modules for m in members)
+    return teacher
+
+
+def _load_one(ref: TeacherRef, precision: str, data: DataSplits | None, adapted_shape: tuple[int, ...] | None,
+              trust: bool) -> FrozenTeacher:
+    """One teacher, in whichever form `ref` gives it."""
+    classes = data.classes if data is not None else []
+    if isinstance(ref, TeacherWeights):
+        if data is None:
+            raise ValueError("a {model, weights} teacher needs the data set")
+        weights = Path(ref.weights)
+        shape = adapted_shape or data.input_shape
+        model = load_weights_teacher(ref.model.name, ref.model.kwargs(), weights, shape, data.num_classes)
+        spec = {"name": ref.model.name, "kwargs": ref.model.kwargs(), "input_shape": list(shape), "classes": classes}
+        return _external(model, spec, weights, "weights", precision, has_modules=True)
+    path = Path(ref)
+    if path.suffix in (ONNX_SUFFIX, EXPORTED_SUFFIX):
+        if not path.is_file():
+            raise KdistillError(f"teacher: file not found: {path}")
+        kind = "onnx" if path.suffix == ONNX_SUFFIX else "pt2"
+        if kind == "onnx" and precision != "fp32":
+            raise KdistillError(f"distill.teacher_precision={precision}: an ONNX teacher ({path}) runs in ONNX Runtime "
+                                "in the precision it was exported in; use fp32")
+        model = load_onnx_teacher(path) if kind == "onnx" else load_exported_teacher(path, trust)
+        spec = {"name": kind, "kwargs": {}, "file": str(path), "classes": classes}
+        return _external(model, spec, path, kind, precision, has_modules=False)
     if not path.exists():
         raise KdistillError(f"teacher: run directory not found: {path}")
     if not (path / "model.json").is_file():
-        raise KdistillError(f"teacher: {path} is not a kdistill run directory (no model.json); train one with `kdistill train`")
+        raise KdistillError(f"teacher: {path} is not a kdistill run directory (no model.json), an ONNX file (.onnx) "
+                            "or a torch.export program (.pt2); train one with `kdistill train`, or give "
+                            "{model: {name: ...}, weights: FILE}")
     model, spec = load_run_model(path)
-    return FrozenTeacher(model, spec, source=str(path), weights_sha256=file_sha256(path / "model.safetensors"),
-                         precision=precision)
+    teacher = FrozenTeacher(model, spec, source=str(path), weights_sha256=file_sha256(path / "model.safetensors"),
+                            precision=precision)
+    teacher.kind, teacher.run_dir = "run", str(path)
+    return teacher
+
+
+def _external(model: nn.Module, spec: dict[str, Any], file: Path, kind: str, precision: str,
+              has_modules: bool) -> FrozenTeacher:
+    teacher = FrozenTeacher(model, spec, source=str(file), weights_sha256=file_sha256(file), precision=precision)
+    teacher.kind, teacher.has_modules = kind, has_modules
+    return teacher
+
+
+def check_teacher_on_data(teacher: FrozenTeacher, data: DataSplits) -> list[str]:
+    """The teacher must take the data set's images and give one logit per class, whatever its form. A run
+    directory's model must also have been trained on the same classes; a teacher from a file must give each
+    image the same logits whatever else is in its batch (a graph exported in training mode would not), and its
+    accuracy on validation samples is printed, with a warning near chance (are its outputs in the data's
+    class order?). Returns those lines, for the run to print once every other check has passed."""
+    who = f"teacher {teacher.source}"
+    adapted = teacher.spec.get("teacher_input")
+    if teacher.kind in ("run", "ensemble") and teacher.spec.get("classes") != data.classes:
+        classes = list(teacher.spec.get("classes") or [])
+        if len(classes) != data.num_classes:
+            raise KdistillError(f"{who} predicts {len(classes)} classes but data set {data.name!r} has "
+                                f"{data.num_classes}; use a model trained on the same classes")
+        raise KdistillError(f"{who} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
+    if teacher.kind in ("run", "ensemble") and not adapted and tuple(teacher.spec.get("input_shape", ())) != data.input_shape:
+        raise KdistillError(f"{who} takes inputs {tuple(teacher.spec.get('input_shape', ()))} but data set {data.name!r} "
+                            f"gives {data.input_shape}; set teacher_input (size, channels, mean, std) to what it takes")
+    probe = data.train.inputs[:2]
+    try:
+        logits = teacher(probe)
+    except Exception as exc:  # noqa: BLE001 - a foreign graph fails in its runtime's own exception types
+        raise KdistillError(f"{who} cannot take {data.name!r}'s inputs {data.input_shape}: {first_line(exc, 200)}; set "
+                            "teacher_input (size, channels, mean, std) to what it was trained on") from None
+    if tuple(logits.shape) != (probe.shape[0], data.num_classes):
+        raise KdistillError(f"{who} gives outputs of shape {tuple(logits.shape[1:])} per image, but data set "
+                            f"{data.name!r} has {data.num_classes} classes (one logit per class is needed)")
+    if teacher.kind in ("run", "ensemble"):
+        return []
+    alone = torch.cat([teacher(probe[i : i + 1]) for i in range(probe.shape[0])])
+    if not torch.allclose(alone, logits, rtol=1e-4, atol=1e-4):
+        raise KdistillError(f"{who} gives an image other logits when other images share its batch (BatchNorm in "
+                            "training mode, or dropout?); export or save the model after model.eval()")
+    val = data.split("val")
+    count = min(len(val), 512)
+    if not count:
+        return []
+    correct = (teacher(val.inputs[:count]).argmax(-1) == val.labels[:count]).float().mean().item()
+    notes = [f"kdistill: {who}: {correct:.1%} on {count} validation samples"]
+    if correct <= 1.5 / data.num_classes:
+        notes.append(f"kdistill: warning: {who} does no better than chance ({1 / data.num_classes:.1%}) on the "
+                     f"validation samples: are its outputs in the data set's class order ({', '.join(data.classes[:4])}, "
+                     "...), and its input normalised as it was trained (teacher_input)?")
+    return notes
 
 
 TEACHER_RECORD = "teacher.json"
@@ -114,6 +221,14 @@ def recorded_teacher(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise KdistillError(f"{path}: corrupt teacher record") from None
+
+
+def print_notes(teacher: FrozenTeacher | None) -> None:
+    """Print (once) what `check_teacher_on_data` found, when the run is past every check of the user's input."""
+    if teacher is not None:
+        for note in teacher.notes:
+            print(note, file=sys.stderr)
+        teacher.notes = []
 
 
 def check_same_teacher(run_dir: Path, teacher: FrozenTeacher) -> None:
