@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers
 
 venv: $(STAMP)
 
@@ -39,7 +39,10 @@ bench-text: $(STAMP)
 bench-lm: $(STAMP)
 	$(BIN)/python benchmarks/causal_lm.py
 
-bench: bench-vision bench-speed bench-methods bench-text bench-lm
+bench-teachers: $(STAMP)
+	$(BIN)/python benchmarks/teacher_forms.py
+
+bench: bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -149,8 +149,13 @@ def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = 
     seed_everything(cfg.seed)
     model = build_model(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.num_classes, where="model")
     spec = model_spec(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.classes)
-    method = build_method("ce", {})
-    return _train_and_report(cfg, model, spec, method, None, data, cfg.role, overwrite, progress)
+    return train_model(cfg, model, spec, data, overwrite=overwrite, progress=progress)
+
+
+def train_model(cfg: TrainRunConfig, model: nn.Module, spec: dict[str, Any], data: DataSplits, *,
+                overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train an already built `model` (its model.json `spec`) on `data`'s labels: run_train's second half."""
+    return _train_and_report(cfg, model, spec, build_method("ce", {}), None, data, cfg.role, overwrite, progress)
 
 
 def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher, data: DataSplits,
@@ -192,16 +197,20 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
     return cache
 
 
-def _distill_setup(cfg: DistillRunConfig) -> tuple[DataSplits, FrozenTeacher | None, Method]:
+def distill_setup(cfg: DistillRunConfig, data: DataSplits | None = None,
+                  teacher: FrozenTeacher | None = None) -> tuple[DataSplits, FrozenTeacher | None, Method]:
+    """The method, the data (loaded unless given) and the teacher (the config's, unless one is given), checked
+    against each other."""
     method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
     check_task(method, "vision")
-    data = load_dataset(cfg.data)
-    if cfg.teacher is None:
+    data = data if data is not None else load_dataset(cfg.data)
+    if teacher is None and cfg.teacher is not None:
+        teacher = _config_teacher(cfg, cfg.teacher, data, precision=cfg.distill.teacher_precision)
+    if teacher is None:
         if method.needs_teacher:
             raise KdistillError(f"teacher: missing; method {method.name!r} learns from a teacher run directory "
                                 "(set teacher: runs/<teacher>); teacher-free methods: tf_kd, dml")
         return data, None, method
-    teacher = _config_teacher(cfg, cfg.teacher, data, precision=cfg.distill.teacher_precision)
     if method.reads_teacher_features and not teacher.has_modules:
         raise KdistillError(f"distill.method {method.name!r} reads the teacher's intermediate features, and teacher "
                             f"{teacher.source} is a {teacher.kind} graph with no modules to read them from; use a logit "
@@ -221,10 +230,19 @@ def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: boo
                 on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Distil `cfg.teacher` into `cfg.student`; returns the test report row ({} on ranks other than 0 under torchrun)."""
     distributed.init_from_env(resolve_device(cfg.train.device))
-    data, teacher, method = _distill_setup(cfg)
+    data, teacher, method = distill_setup(cfg)
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.num_classes, where="student")
     spec = model_spec(cfg.student.name, cfg.student.kwargs(), data.input_shape, data.classes)
+    return distill_student(cfg, student, spec, method, teacher, data, overwrite=overwrite, progress=progress,
+                           on_epoch_end=on_epoch_end)
+
+
+def distill_student(cfg: DistillRunConfig, student: nn.Module, spec: dict[str, Any], method: Method,
+                    teacher: FrozenTeacher | None, data: DataSplits, *, overwrite: bool = False, progress: bool = True,
+                    on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train an already built `student` from `distill_setup`'s method and teacher: run_distill's second half
+    (the teacher cache opened or built when the config asks for it)."""
     get_cache = None
     if cfg.distill.teacher_outputs == "cached" and teacher is not None and method.needs_teacher:
         get_cache = lambda augment: _teacher_cache(cfg, method, teacher, data, augment, progress=progress)  # noqa: E731
@@ -234,7 +252,7 @@ def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: boo
 
 def run_cache_teacher(cfg: DistillRunConfig, *, rebuild: bool = False, progress: bool = True) -> TeacherCache:
     """`kdistill cache-teacher`: build (or check) the teacher cache a distill config describes."""
-    data, teacher, method = _distill_setup(cfg)
+    data, teacher, method = distill_setup(cfg)
     if teacher is None:
         raise KdistillError(f"distill.method {method.name!r} has no teacher; there is nothing to cache")
     augment = build_augmentation(cfg.data.augment, data.input_shape)

@@ -164,7 +164,7 @@ def check_teacher_on_data(teacher: FrozenTeacher, data: DataSplits) -> list[str]
     image the same logits whatever else is in its batch (a graph exported in training mode would not), and its
     accuracy on validation samples is printed, with a warning near chance (are its outputs in the data's
     class order?). Returns those lines, for the run to print once every other check has passed."""
-    who = f"teacher {teacher.source}"
+    who = f"teacher {teacher.source or teacher.spec.get('name')}"
     adapted = teacher.spec.get("teacher_input")
     if teacher.kind in ("run", "ensemble") and teacher.spec.get("classes") != data.classes:
         classes = list(teacher.spec.get("classes") or [])
@@ -209,7 +209,9 @@ TEACHER_RECORD = "teacher.json"
 def record_teacher(run_dir: Path, teacher: FrozenTeacher) -> None:
     """Remember which teacher (absolute path + weights hash) a distilled run learns from."""
     paths = [os.path.abspath(source) for source in teacher.sources]
-    record = {"path": paths[0] if len(paths) == 1 else paths, "weights_sha256": teacher.weights_sha256}
+    record = {"path": paths[0] if len(paths) == 1 else paths or None, "weights_sha256": teacher.weights_sha256}
+    if not paths:  # an nn.Module given in Python (kdistill.distill)
+        record["model"] = teacher.spec.get("name")
     write_owned_text(Path(run_dir), TEACHER_RECORD, json.dumps(record, indent=2) + "\n")
 
 
