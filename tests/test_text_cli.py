@@ -4,6 +4,7 @@ CSV slice of Debian-sections with non-default column names and a tiny BERT folde
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 from collections import Counter
@@ -256,6 +257,24 @@ def test_text_distils_with_the_method_library(text_runs, text_data, tmp_path, di
     line = json.loads((tmp_path / "m" / "metrics.jsonl").read_text().splitlines()[0])
     assert set(terms) <= set(line), line  # each term of the method is logged
     assert line["loss"] == pytest.approx(sum(line[t] for t in terms), rel=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed")
+def test_a_text_run_logs_to_tensorboard(text_runs, text_data, tmp_path):
+    """train.log_to on a text run: the Trainer's logs per epoch, named as in metrics.jsonl, in the run's tensorboard/."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = {"task": "text-classification", "name": "tb", "data": _data(text_data), "teacher": str(text_runs["teacher"]),
+           "student": {"from_teacher": {"num_layers": 1}}, "distill": {"method": "kd"},
+           "train": {"epochs": 2, "lr": 1e-3, "device": "cpu", "log_to": ["tensorboard"]}, "out": str(tmp_path / "tb")}
+    result = run_cli("distill", str(write_yaml(tmp_path / "tb.yaml", cfg)), "-q")
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    lines = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "kd", "ce", "val_accuracy", "lr"):
+        logged = sorted((e.step, e.value) for e in events.Scalars(key))
+        assert logged == [(line["epoch"], pytest.approx(line[key], rel=1e-5)) for line in lines], key
 
 
 def test_a_feature_method_on_text_is_one_line(text_runs, text_data, tmp_path):

@@ -81,6 +81,8 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
     threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; auto: torch's default divided "
                                            "by the kdistill runs on the machine, each epoch (kdistill.threads)")
+    log_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers that also receive every epoch's metrics (kdistill.tracking)")
 
     @field_validator("threads")
     @classmethod

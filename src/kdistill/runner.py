@@ -30,6 +30,7 @@ from kdistill.models import build_model, load_run_model, load_weights, model_spe
 from kdistill.report import evaluate_model, report_row, write_report
 from kdistill.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
 from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
+from kdistill.tracking import check_installed, open_trackers
 from kdistill.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, load_teacher, print_notes,
                                record_teacher, recorded_teacher)
 
@@ -98,11 +99,13 @@ def _train_and_report(
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
+    check_installed(cfg.train.log_to)
     ctx = distributed.current()
     check_global_batch(cfg.data.batch_size, ctx)  # before anything is written
     if ctx.active and method.single_process_reason:
         raise KdistillError(f"distill.method {method.name!r} runs in one process only: {method.single_process_reason}; "
                             "start it without torchrun")
+    trackers = None
     try:
         # Feature methods hook their layers and size their connectors now, before the optimiser exists.
         method.bind(student, teacher.model if teacher is not None else None, data.train.inputs[:2], len(data.train))
@@ -124,11 +127,21 @@ def _train_and_report(
                 record_teacher(out, teacher)
 
         ctx.on_main(prepare)
+        trackers = ctx.on_main(lambda: open_trackers(cfg.train.log_to, out, cfg.name, cfg.model_dump(mode="json")))
+
+        def epoch_end(record: dict) -> None:
+            if trackers is not None:
+                trackers.log(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+
         fit(student, method, data, cfg.train, run_dir=out, seed=cfg.seed, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, teacher=teacher if cache is None else None,  # cached: no teacher on the GPU
-            augment=augment, cache=cache, progress=progress, on_epoch_end=on_epoch_end)
+            augment=augment, cache=cache, progress=progress, on_epoch_end=epoch_end)
     finally:
         method.unbind()  # no hooks stay on the models
+        if trackers is not None:
+            trackers.close()
     if not ctx.is_main:
         return {}  # rank 0 evaluates and writes the report
     # Evaluation (and its latency numbers) is on the CPU, whatever device trained the model.

@@ -58,7 +58,7 @@ def _fit(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, method: Any, out:
                            data_collator=default_data_collator, method=method, teacher=teacher, chunk_tokens=chunk,
                            cache_temperature=cache.temperature if cache else 1.0,
                            generation=generation)
-    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
+    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg)
     return trainer
 
 

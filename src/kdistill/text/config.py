@@ -23,6 +23,8 @@ class TextTrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; auto: shared among the kdistill "
                                            "runs on the machine (kdistill.threads)")
+    log_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers that also receive every epoch's metrics (kdistill.tracking)")
 
     trainer_args: dict[str, Any] = Field(default_factory=dict, description="further transformers.TrainingArguments, "
                                          "passed as they are (fsdp, fsdp_config, deepspeed, activation_checkpointing, ...)")

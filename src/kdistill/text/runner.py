@@ -23,6 +23,7 @@ from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, finished_hf_run_config, prepare_run_dir, save_into, write_owned_text
 from kdistill.text.guard import GuardedTrainer, RecordCheckpoints, ThreadShare
+from kdistill.tracking import Trackers, check_installed, trainer_callback
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextSplits, load_text_splits
 
@@ -176,20 +177,26 @@ def _accuracy_metric(prediction: Any) -> dict[str, float]:
 EVAL_TIMINGS = ("runtime", "samples_per_second", "steps_per_second")
 
 
+def metrics_of_log(entry: dict[str, Any]) -> dict[str, Any]:
+    """One Trainer log entry in metrics.jsonl's names: loss, lr, each method term, val_* and seconds_total."""
+    rec: dict[str, Any] = {}
+    if "loss" in entry:  # and each term of the method (DistillationTrainer logs loss_<term>)
+        rec.update(loss=entry["loss"], lr=entry.get("learning_rate"),
+                   **{k.removeprefix("loss_"): v for k, v in entry.items() if k.startswith("loss_")})
+    # eval_accuracy -> val_accuracy, eval_loss -> val_loss, eval_perplexity -> val_perplexity
+    rec.update({"val_" + k[5:]: v for k, v in entry.items() if k.startswith("eval_") and k[5:] not in EVAL_TIMINGS})
+    if "train_runtime" in entry:
+        rec["seconds_total"] = entry["train_runtime"]
+    return rec
+
+
 def write_trainer_metrics(trainer: Any, out: Path) -> None:
     epochs: dict[int, dict[str, Any]] = {}
     for entry in trainer.state.log_history:
         if "epoch" not in entry:
             continue
         epoch = int(round(entry["epoch"]))
-        rec = epochs.setdefault(epoch, {"epoch": epoch})
-        if "loss" in entry:  # and each term of the method (DistillationTrainer logs loss_<term>)
-            rec.update(loss=entry["loss"], lr=entry.get("learning_rate"),
-                       **{k.removeprefix("loss_"): v for k, v in entry.items() if k.startswith("loss_")})
-        # eval_accuracy -> val_accuracy, eval_loss -> val_loss, eval_perplexity -> val_perplexity
-        rec.update({"val_" + k[5:]: v for k, v in entry.items() if k.startswith("eval_") and k[5:] not in EVAL_TIMINGS})
-        if "train_runtime" in entry:
-            rec["seconds_total"] = entry["train_runtime"]
+        epochs.setdefault(epoch, {"epoch": epoch}).update(metrics_of_log(entry))
     write_owned_text(out, "metrics.jsonl", "".join(json.dumps(r) + "\n" for _, r in sorted(epochs.items())))
 
 
@@ -286,21 +293,36 @@ def evaluate_text_model(model: Any, tokenizer: Any, data: TextSplits, split: str
 def prepare_hf_run(cfg: Any, out: Path, overwrite: bool, labels: list[str] | None, protected: list[Path],
                    task: str = TASK) -> bool:
     """Make `out` ready for a run whose model is a Hugging Face folder (model.json: its task, classes)."""
+    check_installed(cfg.train.log_to)
     check_out_dir(out, protected=protected)
     spec = {"task": task, "format": "huggingface"} | ({"classes": labels} if labels is not None else {})
     return prepare_run_dir(out, dump_config(cfg), spec, overwrite=overwrite)
 
 
+def trainer_state_epoch(checkpoint: str) -> float:
+    """The epoch a Trainer checkpoint folder was saved at (0 when its trainer_state.json cannot be read)."""
+    try:
+        return float(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("epoch") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 def train_and_save(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool,
-                   cfg_threads: int | str) -> None:
+                   cfg: Any) -> None:
+    """Train (resuming from the last Trainer checkpoint), then rank 0 saves the model and metrics.jsonl;
+    `cfg.train.log_to`'s trackers receive the Trainer's logs on the way."""
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     if not progress:  # without progress bars the Trainer prints every log dict instead
         trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
-    trainer.add_callback(ThreadShare(cfg_threads))
+    trainer.add_callback(ThreadShare(cfg.train.threads))
     trainer.add_callback(RecordCheckpoints())
+    if cfg.train.log_to and distributed.current().is_main:
+        done = int(round(trainer_state_epoch(last))) if last else 0
+        trackers = Trackers(cfg.train.log_to, out, cfg.name, cfg.model_dump(mode="json"), first_step=done + 1)
+        trainer.add_callback(trainer_callback(trackers, metrics_of_log))
     trainer.train(resume_from_checkpoint=last)
     if distributed.current().is_main:  # one process writes the run directory
         save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
@@ -324,7 +346,7 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
                       eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
-    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg.train.threads)
+    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg)
     if not ctx.is_main:
         return {}  # rank 0 evaluates and reports
     row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
@@ -377,7 +399,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     trainer = DistillationTrainer(model=student, args=training_arguments(cfg, out, len(data.train), progress, distill=True),
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                                   compute_metrics=_accuracy_metric, teacher_model=teacher, method=method)
-    train_and_save(trainer, student, student_tok, out, resuming, progress, cfg.train.threads)
+    train_and_save(trainer, student, student_tok, out, resuming, progress, cfg)
     if not ctx.is_main:
         return {}  # rank 0 evaluates and reports
     write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
