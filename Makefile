@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming
 
 venv: $(STAMP)
 
@@ -42,7 +42,10 @@ bench-lm: $(STAMP)
 bench-teachers: $(STAMP)
 	$(BIN)/python benchmarks/teacher_forms.py
 
-bench: bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers
+bench-streaming: $(STAMP)
+	$(BIN)/python benchmarks/streaming.py
+
+bench: bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -241,7 +241,9 @@ def test_text_runs_on_two_processes_as_on_one(tmp_path, text_slice):
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert _max_weight_diff(tmp_path / "s1" / "model.safetensors", tmp_path / "s2" / "model.safetensors") < WEIGHT_TOLERANCE
     m1, m2 = _metrics(tmp_path / "s1")[0], _metrics(tmp_path / "s2")[0]
-    assert m2["dkd"] == pytest.approx(m1["dkd"], rel=1e-4) and m2["ce"] == pytest.approx(m1["ce"], rel=1e-4)
+    # DKD is still warming up in epoch 1 (its term is about 6e-4): summed in another order on 2 processes with 1
+    # thread each it differs by about 1e-7, so the relative bound alone is flaky (seen: 1.6e-4 relative).
+    assert m2["dkd"] == pytest.approx(m1["dkd"], rel=1e-4, abs=1e-6) and m2["ce"] == pytest.approx(m1["ce"], rel=1e-4)
     assert json.loads((tmp_path / "s2" / "report.json").read_text())["rows"][0]["role"] == "distilled"
     odd = _torchrun("distill", str(tmp_path / "s.yaml"), f"out={tmp_path / 's3'}", "data.batch_size=15", "-q")
     assert odd.returncode != 0 and "must be a multiple of 2" in odd.stderr and not (tmp_path / "s3").exists()

@@ -668,7 +668,7 @@ def test_imagefolder_config_errors(tmp_path):
 # --- registry, augment, end to end ------------------------------------------------------------
 
 def test_loaders_are_registered():
-    assert set(LOADERS) == {"digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"}
+    assert set(LOADERS) == {"digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "manifest"}
 
 
 def test_normalize_is_an_accepted_no_op():

@@ -41,6 +41,10 @@ class DataConfig(_Strict):
     `image_size`: imagefolder only, resize every image to image_size x image_size.
     `train_samples`: train on a stratified subset of N training samples, the same N for every
     run and seed (a data budget, e.g. few labels); validation, test and normalisation unchanged.
+    `in_memory` (imagefolder, manifest): `auto` holds the images in memory when the decoded training
+    split fits in `memory_limit_mb`, else streams them from disk, decoded by `workers` DataLoader
+    processes (default: the CPU count); `true`/`false` force it. `train`/`val`/`test`: a manifest's
+    CSV or JSONL files of `path,label` rows (paths relative to the manifest file).
     """
 
     name: str = "digits"
@@ -51,6 +55,12 @@ class DataConfig(_Strict):
     batch_size: int = Field(128, gt=0, le=MAX_BATCH)
     eval_batch_size: int = Field(512, gt=0, le=MAX_BATCH)
     augment: list[str] = Field(default_factory=list)
+    in_memory: bool | Literal["auto"] = "auto"
+    memory_limit_mb: int = Field(2048, gt=0)
+    workers: int | None = Field(None, ge=0, le=256)
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
 
 
 class ModelSpec(BaseModel):

@@ -37,6 +37,7 @@ from kdistill.errors import KdistillError
 from kdistill.inference import accuracy, predict_logits
 from kdistill.methods.base import Method
 from kdistill.teacher_source import TeacherSource
+from kdistill.data.streaming import take
 from kdistill.teachers import FrozenTeacher
 
 if TYPE_CHECKING:
@@ -329,5 +330,5 @@ def _validation_accuracy(ctx: distributed.Context, student: nn.Module, data: Dat
     if not ctx.active:
         return accuracy(predict_logits(student, data.val.inputs, eval_batch_size), data.val.labels)
     part = ctx.shard(len(data.val))
-    correct = int((predict_logits(student, data.val.inputs[part], eval_batch_size).argmax(-1) == data.val.labels[part]).sum())
+    correct = int((predict_logits(student, take(data.val.inputs, part), eval_batch_size).argmax(-1) == data.val.labels[part]).sum())
     return ctx.accuracy(correct, len(data.val), device)

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from kdistill.config import CacheConfig
 from kdistill.data.augment import Augmenter
 from kdistill.data.splits import Batch, Split
+from kdistill.data.streaming import in_chunks, is_streamed
 from kdistill.digests import tensors_sha256
 from kdistill.errors import KdistillError
 from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
@@ -58,6 +59,8 @@ CACHE_ROOT = "teacher-cache"  # default location, inside the teacher's run direc
 
 def split_sha256(split: Split) -> str:
     """Content hash of a split (inputs and labels, in order): the cache's data identity."""
+    if is_streamed(split.inputs):  # the files' identity (paths, sizes, times), not a read of every image
+        return tensors_sha256(split.labels) + split.inputs.sha256()
     return tensors_sha256(split.inputs, split.labels)
 
 
@@ -315,9 +318,8 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + v)
             params = augmenter.draw(n, generator) if augmenter is not None else torch.zeros(n, 0, dtype=torch.long)
             maps["params.npy"][:, v] = params.numpy().astype(np.int16)
-            for start in range(0, n, cfg.batch_size):
-                stop = min(n, start + cfg.batch_size)
-                inputs = train.inputs[start:stop]
+            for start, inputs in in_chunks(train.inputs, cfg.batch_size):
+                stop = start + inputs.shape[0]
                 if augmenter is not None:
                     inputs = augmenter.apply(inputs, params[start:stop])
                 logits = teacher(inputs.to(device)).float().cpu()

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from kdistill.config import DataConfig
-from kdistill.data import cifar, digits, idx, imagefolder
+from kdistill.data import cifar, digits, idx, imagefolder, manifest
+from kdistill.data.streaming import take
 from kdistill.data.splits import Batch, DataSplits, Split, iterate_batches, stratified_holdout
 from kdistill.errors import KdistillError
 
@@ -24,7 +25,9 @@ LOADERS: dict[str, Callable[[DataConfig], DataSplits]] = {
     "cifar10": cifar.load_cifar10,
     "cifar100": cifar.load_cifar100,
     "imagefolder": imagefolder.load,
+    "manifest": manifest.load,
 }
+IMAGE_FILES = ("imagefolder", "manifest")  # read from image files: may stream (data.in_memory)
 
 
 def load_dataset(cfg: DataConfig) -> DataSplits:
@@ -32,8 +35,13 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
     loader = LOADERS.get(cfg.name)
     if loader is None:
         raise KdistillError(f"data.name: unknown data set {cfg.name!r} (known: {', '.join(sorted(LOADERS))})")
-    if cfg.image_size is not None and cfg.name != "imagefolder":
-        raise KdistillError(f"data.image_size: only imagefolder resizes images; {cfg.name} has a fixed size (remove data.image_size)")
+    if cfg.image_size is not None and cfg.name not in IMAGE_FILES:
+        raise KdistillError(f"data.image_size: only imagefolder and manifest resize images; {cfg.name} has a fixed size (remove data.image_size)")
+    if cfg.name != "manifest" and (cfg.train or cfg.val or cfg.test):
+        raise KdistillError(f"data.train/val/test: manifest files, for data.name: manifest only (not {cfg.name})")
+    if cfg.in_memory is False and cfg.name not in IMAGE_FILES:
+        raise KdistillError(f"data.in_memory: false streams image files ({', '.join(IMAGE_FILES)}); {cfg.name} is "
+                            "always held in memory")
     splits = loader(cfg)
     if splits.num_classes < 2:
         raise KdistillError(f"data: {splits.name} has {splits.num_classes} class ({', '.join(splits.classes)}); a "
@@ -61,7 +69,7 @@ def train_subset(splits: DataSplits, n: int) -> DataSplits:
         raise KdistillError(f"data.train_samples: {n} is fewer than the {splits.num_classes} classes of {splits.name}")
     _, keep = stratified_holdout(splits.train.labels.numpy(), n, SUBSET_SEED)
     index = torch.from_numpy(keep)
-    train = Split(splits.train.inputs[index], splits.train.labels[index])
+    train = Split(take(splits.train.inputs, index), splits.train.labels[index])
     normalization = {**splits.normalization, "train_samples": f"{n} of {total} (stratified, seed {SUBSET_SEED})"}
     return replace(splits, train=train, normalization=normalization)
 

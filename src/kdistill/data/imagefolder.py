@@ -26,12 +26,17 @@ deviation of all pixels of the *train* split (recorded in `DataSplits.normalizat
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kdistill.config import DataConfig
-from kdistill.data.splits import DataSplits, make_split
+from kdistill.data.splits import DataSplits, Split, make_split
+from kdistill.data.streaming import ImageFiles, stream_statistics
 from kdistill.errors import KdistillError
 
 log = logging.getLogger(__name__)
@@ -84,29 +89,100 @@ def _open(path: Path):
         raise KdistillError(f"{path}: unreadable image ({exc})") from None
 
 
-def _decode(files: list[Path], mode: str, size: tuple[int, int] | None, resize: bool) -> np.ndarray:
-    """Decode `files` into one (N, H, W, C) uint8 array; `size` is (width, height)."""
+def decode_image(path: Path, mode: str, size: tuple[int, int], resize: bool, reference: Path | None = None) -> np.ndarray:
+    """One image file as (H, W, C) uint8 pixels in `mode` ("L" or "RGB"), `size` (width, height)."""
     from PIL import Image
 
-    out = None
+    image = _open(path)
+    if image.mode.startswith("I"):  # 16-bit greyscale: scale 0..65535 to 0..255 ourselves
+        grey8 = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(grey8)  # 2-D uint8 -> mode L
+    image = image.convert(mode)
+    if resize and image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    if image.size != size:
+        raise KdistillError(
+            f"{path}: image is {image.size[0]}x{image.size[1]} but {reference or 'the first image'} is "
+            f"{size[0]}x{size[1]}; images must share one size, or set data.image_size to resize them all"
+        )
+    return np.asarray(image, dtype=np.uint8).reshape(size[1], size[0], 1 if mode == "L" else 3)
+
+
+def _decode(files: list[Path], mode: str, size: tuple[int, int], resize: bool) -> np.ndarray:
+    """Decode `files` into one (N, H, W, C) uint8 array; `size` is (width, height)."""
+    out = np.empty((len(files), size[1], size[0], 1 if mode == "L" else 3), dtype=np.uint8)
     for i, path in enumerate(files):
-        image = _open(path)
-        if image.mode.startswith("I"):  # 16-bit greyscale: scale 0..65535 to 0..255 ourselves
-            grey8 = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
-            image = Image.fromarray(grey8)  # 2-D uint8 -> mode L
-        image = image.convert(mode)
-        if resize and image.size != size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        if image.size != size:
-            raise KdistillError(
-                f"{path}: image is {image.size[0]}x{image.size[1]} but {files[0]} is {size[0]}x{size[1]}; "
-                "images must share one size, or set data.image_size to resize them all"
-            )
-        pixels = np.asarray(image, dtype=np.uint8)
-        if out is None:
-            out = np.empty((len(files), size[1], size[0], 1 if mode == "L" else 3), dtype=np.uint8)
-        out[i] = pixels.reshape(out.shape[1:])
+        out[i] = decode_image(path, mode, size, resize, files[0])
     return out
+
+
+def image_format(files: list[Path], image_size: int | None) -> tuple[str, tuple[int, int], bool]:
+    """(mode, (width, height), resize) for a data set: greyscale only if every image is, the first image's
+    size unless `image_size` is set. Reads headers only (Pillow does not decode them)."""
+    from PIL import Image, UnidentifiedImageError
+
+    grey = True
+    first_size = None
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                grey = grey and image.mode in GREY_MODES
+                if first_size is None:
+                    first_size = image.size
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise KdistillError(f"{path}: unreadable image ({exc})") from None
+    resize = image_size is not None
+    return "L" if grey else "RGB", (image_size, image_size) if resize else first_size, resize
+
+
+def image_splits(cfg: DataConfig, name: str, classes: list[str], parts: dict[str, tuple[list[Path], list[int]]],
+                 extra: dict) -> DataSplits:
+    """Train/val/test images (file lists and labels) as a DataSplits, in memory or streamed from disk
+    (`data.in_memory`); normalised by the per-channel mean and std of the training pixels either way."""
+    has_test = "test" in parts
+    everything = [f for files, _ in parts.values() for f in files]
+    mode, size, resize = image_format(everything, cfg.image_size)
+    channels = 1 if mode == "L" else 3
+    train_files, train_labels = parts["train"]
+    decoded_mb = len(train_files) * channels * size[0] * size[1] * 4 / 2**20
+    stream = cfg.in_memory is False or (cfg.in_memory == "auto" and decoded_mb > cfg.memory_limit_mb)
+    workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
+    labels_of = {split: np.asarray(labels, dtype=np.int64) for split, (_, labels) in parts.items()}
+    if stream:
+        decode = partial(decode_image, mode=mode, size=size, resize=resize)
+        unit = np.ones((channels, 1, 1), np.float32)
+        lazy = {split: ImageFiles(files, decode, (channels, size[1], size[0]), unit, 0 * unit, workers, f"{mode}|{size}|{resize}")
+                for split, (files, _) in parts.items()}
+        mean, std = stream_statistics(lazy["train"])
+    else:
+        pixels = {split: _decode(files, mode, size, resize) for split, (files, _) in parts.items()}
+        flat = pixels["train"].reshape(-1, channels)
+        mean = flat.mean(axis=0, dtype=np.float64) / 255.0
+        std = flat.std(axis=0, dtype=np.float64) / 255.0
+    std = np.where(std > 1e-12, std, 1.0)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    shift = (mean / std).astype(np.float32)[:, None, None]
+
+    def split(name_: str) -> Split:
+        if stream:
+            files = lazy[name_]
+            return Split(ImageFiles(files.files, files.decode, files.image_shape, scale, shift, workers, files.identity),
+                         torch.from_numpy(labels_of[name_]))
+        x = pixels[name_].transpose(0, 3, 1, 2).astype(np.float32)
+        x *= scale
+        x -= shift
+        return make_split(x, labels_of[name_])
+
+    val = split("val")
+    how = f"streamed from disk by {workers} worker(s)" if stream else "held in memory"
+    print(f"kdistill: data: {len(train_files):,} training images ({decoded_mb:,.0f} MB decoded; data.in_memory="
+          f"{cfg.in_memory}, data.memory_limit_mb={cfg.memory_limit_mb}): {how}", file=sys.stderr)
+    return DataSplits(
+        name=name, train=split("train"), val=val, test=split("test") if has_test else val, classes=classes,
+        normalization={"scale": 1 / 255, "mean": mean.tolist(), "std": std.tolist(), "mode": mode,
+                       "size": [size[1], size[0]], "resized": resize, "streamed": stream,
+                       "test_source": "test" if has_test else "val (no test split)", **extra},
+    )
 
 
 def load(cfg: DataConfig) -> DataSplits:
@@ -125,52 +201,9 @@ def load(cfg: DataConfig) -> DataSplits:
         _, test_files, test_labels = _scan(root / "test", classes)
     else:
         log.warning("imagefolder %s has no test/ folder: the test split is the validation split", root)
-        test_files, test_labels = val_files, val_labels
 
-    # First pass: headers only (Pillow reads them without decoding), to fix one mode and size.
-    from PIL import Image, UnidentifiedImageError
-
-    everything = train_files + val_files + (test_files if has_test else [])
-    grey = True
-    first_size = None
-    for path in everything:
-        try:
-            with Image.open(path) as image:
-                grey = grey and image.mode in GREY_MODES
-                if first_size is None:
-                    first_size = image.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise KdistillError(f"{path}: unreadable image ({exc})") from None
-    mode = "L" if grey else "RGB"
-    resize = cfg.image_size is not None
-    size = (cfg.image_size, cfg.image_size) if resize else first_size
-
-    train_u8 = _decode(train_files, mode, size, resize)
-    val_u8 = _decode(val_files, mode, size, resize)
-    test_u8 = _decode(test_files, mode, size, resize) if has_test else val_u8
-
-    channels = train_u8.shape[-1]
-    flat = train_u8.reshape(-1, channels)
-    mean = flat.mean(axis=0, dtype=np.float64) / 255.0
-    std = flat.std(axis=0, dtype=np.float64) / 255.0
-    std = np.where(std > 1e-12, std, 1.0)
-    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
-    shift = (mean / std).astype(np.float32)[:, None, None]
-
-    def split(pixels: np.ndarray, labels: list[int]):
-        x = pixels.transpose(0, 3, 1, 2).astype(np.float32)
-        x *= scale
-        x -= shift
-        return make_split(x, np.asarray(labels, dtype=np.int64))
-
-    val = split(val_u8, val_labels)
-    return DataSplits(
-        name="imagefolder",
-        train=split(train_u8, train_labels),
-        val=val,
-        test=split(test_u8, test_labels) if has_test else val,
-        classes=classes,
-        normalization={"scale": 1 / 255, "mean": mean.tolist(), "std": std.tolist(), "mode": mode,
-                       "size": [size[1], size[0]], "resized": resize, "root": str(root),
-                       "test_source": "test" if has_test else "val (no test/ folder)"},
-    )
+    parts = {"train": (train_files, train_labels), "val": (val_files, val_labels)}
+    if has_test:
+        parts["test"] = (test_files, test_labels)
+    return image_splits(cfg, "imagefolder", classes, parts,
+                        {"root": str(root), **({} if has_test else {"test_source": "val (no test/ folder)"})})

@@ -1,4 +1,4 @@
-"""In-memory data sets: small image/tabular data held as tensors, split train/val/test."""
+"""Data sets split train/val/test: inputs held as tensors, or (streamed) as image files decoded per batch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
+
+from kdistill.data.streaming import ImageFiles, is_streamed
 
 
 class Batch(NamedTuple):
@@ -19,9 +21,9 @@ class Batch(NamedTuple):
 
 @dataclass
 class Split:
-    """Inputs (N, ...) float32 and labels (N,) int64 of one split."""
+    """Inputs (N, ...) float32 and labels (N,) int64 of one split; inputs may be ImageFiles (streamed)."""
 
-    inputs: torch.Tensor
+    inputs: torch.Tensor | ImageFiles
     labels: torch.Tensor
 
     def __len__(self) -> int:
@@ -65,8 +67,12 @@ def iterate_batches(
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
+    chunks = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
+    if is_streamed(split.inputs):  # decoded from disk in DataLoader workers, in this same order
+        for idx, inputs in zip(chunks, split.inputs.batches(chunks)):
+            yield Batch(inputs, split.labels[idx], idx)
+        return
+    for idx in chunks:
         yield Batch(split.inputs[idx], split.labels[idx], idx)
 
 

@@ -1,0 +1,194 @@
+"""Streaming images from disk (issue 16): memory that does not grow with the data set, and epoch speed.
+
+The script writes synthetic image folders (64x64 RGB PNGs, 10 classes; each class a coloured pattern
+plus noise, so there is something to learn) under `--work` (outside git), then measures:
+
+1. **Peak memory of a streamed distillation run, at two folder sizes** (`--sizes`, default 20,000 and
+   100,000 training images): `kdistill distill` in a subprocess, `data.in_memory: false`, Hinton KD from
+   a cached teacher (the cache built first by `kdistill cache-teacher`, not timed), one epoch; the
+   resident memory of the whole process tree (main process + DataLoader workers) is sampled every 0.1 s.
+2. **Streamed vs in-memory epoch time** on the smaller folder (which fits in memory both ways): the same
+   student-alone epoch (`kdistill train`, 1 epoch) with `data.in_memory: true` and `false`, interleaved over
+   `--rounds`; the engine's own samples/s of the epoch (validation excluded).
+3. **Samples/s vs `data.workers`** (0, 1, 2) for the streamed epoch on the smaller folder.
+
+Run: `make bench-streaming` or `python benchmarks/streaming.py [--sizes 20000 100000] [--rounds 3]`.
+Results: benchmarks/results/streaming.{json,md}. The teacher (a small CNN) is trained for one epoch on
+the smaller folder first; only memory and speed are measured here, not accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+CLASSES = 10
+SIZE = 64
+STUDENT = {"name": "cnn", "channels": [8, 16]}
+TEACHER = {"name": "cnn", "channels": [16, 32, 64]}
+
+
+def write_folder(root: Path, n_train: int, n_val: int = 500, seed: int = 0) -> Path:
+    """root/{train,val}/<class>/<i>.png, written once (a `.complete` marker says it was finished)."""
+    from PIL import Image
+
+    if (root / ".complete").is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, (CLASSES, 3))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in range(CLASSES):
+            (root / split / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            c = i % CLASSES
+            stripes = ((xx * (c + 1) + yy * (CLASSES - c)) // 8) % 2
+            pixels = palette[c] * stripes[..., None] * 0.6 + rng.integers(0, 100, (SIZE, SIZE, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / split / f"class{c}" / f"{i:06d}.png")
+    (root / ".complete").write_text("done\n")
+    return root
+
+
+def kdistill(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdistill", *args], capture_output=True, text=True)
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def peak_rss_of(command: list[str]) -> tuple[int, subprocess.CompletedProcess]:
+    """Run `command`, sampling the resident memory of it and its children; (peak bytes, result)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watched, peak, done = psutil.Process(proc.pid), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss(watched))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    return peak[0], subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def data(root: Path, **more) -> dict:
+    return {"name": "imagefolder", "root": str(root), "batch_size": 256, **more}
+
+
+def epoch_samples_per_s(work: Path, name: str, root: Path, **more) -> float:
+    raw = {"name": name, "seed": 0, "data": data(root, **more), "model": STUDENT, "role": "student",
+           "train": {"epochs": 1, "lr": 3e-3}, "out": str(work / "runs" / name)}
+    result = kdistill("train", str(write_config(work / f"{name}.yaml", raw)), "--overwrite", "-q")
+    if result.returncode:
+        raise SystemExit(result.stderr)
+    line = json.loads((work / "runs" / name / "metrics.jsonl").read_text().splitlines()[-1])
+    return float(line["samples_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", default="runs/bench-streaming")
+    parser.add_argument("--results", default=str(ROOT / "results" / "streaming"))
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    folders = {n: write_folder(work / f"images-{n}", n) for n in args.sizes}
+    small = folders[min(args.sizes)]
+    cpus = os.cpu_count() or 1
+
+    teacher_dir = work / "runs" / "teacher"
+    if not (teacher_dir / "report.json").is_file():
+        raw = {"name": "teacher", "seed": 0, "data": data(small, in_memory=False), "model": TEACHER,
+               "train": {"epochs": 1, "lr": 3e-3}, "out": str(teacher_dir)}
+        result = kdistill("train", str(write_config(work / "teacher.yaml", raw)), "--overwrite", "-q")
+        if result.returncode:
+            raise SystemExit(result.stderr)
+
+    memory = []
+    for n, folder in folders.items():
+        raw = {"name": f"kd-{n}", "seed": 0, "data": data(folder, in_memory=False), "teacher": str(teacher_dir),
+               "student": STUDENT, "distill": {"method": "kd", "teacher_outputs": "cached",
+                                               "cache": {"dir": str(work / f"cache-{n}")}},
+               "train": {"epochs": 1, "lr": 3e-3}, "out": str(work / "runs" / f"kd-{n}")}
+        config = write_config(work / f"kd-{n}.yaml", raw)
+        built = kdistill("cache-teacher", str(config))
+        if built.returncode:
+            raise SystemExit(built.stderr)
+        peak, result = peak_rss_of([sys.executable, "-m", "kdistill", "distill", str(config), "--overwrite", "-q"])
+        if result.returncode:
+            raise SystemExit(result.stderr)
+        line = json.loads((work / "runs" / f"kd-{n}" / "metrics.jsonl").read_text().splitlines()[-1])
+        memory.append({"train_images": n, "peak_rss_mb": peak / 2**20, "samples_per_s": line["samples_per_s"],
+                       "decoded_mb_if_in_memory": n * 3 * SIZE * SIZE * 4 / 2**20})
+        print(f"streamed KD, {n} images: peak RSS {peak / 2**20:.0f} MB, {line['samples_per_s']:.0f} samples/s", file=sys.stderr)
+
+    speed: dict[str, list[float]] = {"in_memory": [], "streamed": []}
+    for round_ in range(args.rounds):
+        speed["in_memory"].append(epoch_samples_per_s(work, "alone-memory", small, in_memory=True))
+        speed["streamed"].append(epoch_samples_per_s(work, "alone-streamed", small, in_memory=False, workers=cpus))
+        print(f"round {round_ + 1}: in memory {speed['in_memory'][-1]:.0f}/s, streamed {speed['streamed'][-1]:.0f}/s",
+              file=sys.stderr)
+    ratio = statistics.median(speed["in_memory"]) / statistics.median(speed["streamed"])
+
+    by_workers = {}
+    for workers in (0, 1, 2):
+        by_workers[workers] = epoch_samples_per_s(work, f"alone-w{workers}", small, in_memory=False, workers=workers)
+        print(f"workers {workers}: {by_workers[workers]:.0f}/s", file=sys.stderr)
+
+    machine = {"cpus": cpus, "python": platform.python_version()}
+    result = {"command": " ".join(["python", "benchmarks/streaming.py", *sys.argv[1:]]), "machine": machine,
+              "memory": memory, "epoch": {"samples_per_s": speed, "streamed_time_over_in_memory": ratio,
+                                          "train_images": min(args.sizes)},
+              "workers": by_workers}
+    Path(args.results + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Streaming images from disk (CPU, {cpus} cores)", "", f"`{result['command']}`; synthetic 64x64 RGB PNGs, "
+             f"10 classes, student `cnn {STUDENT['channels']}`, batch 256.", "",
+             "## Peak memory of a streamed distillation epoch (cached teacher, main process + workers)", "",
+             "| training images | decoded size if held in memory | peak RSS | samples/s |", "|---|---|---|---|"]
+    lines += [f"| {m['train_images']:,} | {m['decoded_mb_if_in_memory']:,.0f} MB | {m['peak_rss_mb']:,.0f} MB | "
+              f"{m['samples_per_s']:,.0f} |" for m in memory]
+    lines += ["", f"## Epoch time, streamed vs in memory ({min(args.sizes):,} images, student alone, {args.rounds} "
+              "interleaved rounds, median)", "",
+              "| path | samples/s (median) | all rounds |", "|---|---|---|",
+              f"| in memory | {statistics.median(speed['in_memory']):,.0f} | {', '.join(f'{v:,.0f}' for v in speed['in_memory'])} |",
+              f"| streamed ({cpus} workers) | {statistics.median(speed['streamed']):,.0f} | "
+              f"{', '.join(f'{v:,.0f}' for v in speed['streamed'])} |", "",
+              f"Streamed epoch time / in-memory epoch time: **{ratio:.2f}×** (target ≤ 1.3×).", "",
+              "## Samples/s vs data.workers (streamed, student alone)", "", "| workers | samples/s |", "|---|---|"]
+    lines += [f"| {w} | {v:,.0f} |" for w, v in by_workers.items()]
+    Path(args.results + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Images read from disk when a batch needs them, not held in memory (`data.in_memory: false`, or `auto` for
+a training split larger than `data.memory_limit_mb` decoded).
+
+`ImageFiles` stands where a split's input tensor would: it has a length and a shape, and indexing it
+(`files[3]`, `files[10:20]`, `files[index_tensor]`) decodes those images in this process, normalised
+exactly as the in-memory path normalises them. The loops that walk a whole split (an epoch's batches, the
+teacher cache build, evaluation) call `batches(chunks)` instead, which decodes in `torch.utils.data`
+worker processes (`data.workers`). Augmentation stays where it was, on the decoded batch in the main
+process with the run's generator, so a cached teacher's stored crops and flips re-create the very view the
+teacher labelled, and a streamed run sees the same batches as an in-memory one.
+
+A bad image met in a worker comes back as one `kdistill: error:` line naming the file (the worker returns
+the message; a traceback from another process is never shown).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdistill.errors import KdistillError
+
+Decoder = Callable[[Path], np.ndarray]  # one file -> (H, W, C) uint8 pixels
+
+
+class _Decoded(Dataset):
+    """Worker side: image i as a normalised (C, H, W) float32 tensor, or the error message for its file."""
+
+    def __init__(self, files: Sequence[Path], decode: Decoder, scale: np.ndarray, shift: np.ndarray):
+        self.files, self.decode, self.scale, self.shift = files, decode, scale, shift
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        try:
+            pixels = self.decode(self.files[i])
+        except KdistillError as exc:
+            return str(exc)
+        x = pixels.transpose(2, 0, 1).astype(np.float32)
+        x *= self.scale
+        x -= self.shift
+        return torch.from_numpy(x)
+
+
+def _stack(items: list[torch.Tensor | str]) -> torch.Tensor | str:
+    return next((item for item in items if isinstance(item, str)), None) or torch.stack(items)  # type: ignore[arg-type]
+
+
+class ImageFiles:
+    """A split's images on disk, decoded on demand; `shape` is (N, C, H, W) as the tensor would be."""
+
+    def __init__(self, files: Sequence[Path], decode: Decoder, image_shape: tuple[int, int, int],
+                 scale: np.ndarray, shift: np.ndarray, workers: int, identity: str = ""):
+        self.files = list(files)
+        self.decode = decode
+        self.image_shape = tuple(image_shape)
+        self.scale, self.shift = scale, shift
+        self.workers = workers
+        self.identity = identity  # how the images are decoded (mode, size): part of the content hash
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.files), *self.image_shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def _dataset(self) -> _Decoded:
+        return _Decoded(self.files, self.decode, self.scale, self.shift)
+
+    def __getitem__(self, key: int | slice | torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Decode the images `key` names, here (small reads: probes, latency samples)."""
+        dataset = self._dataset()
+        if isinstance(key, int):
+            return self._checked(_stack([dataset[key]]))[0]
+        rows = range(len(self))[key] if isinstance(key, slice) else [int(i) for i in key]
+        if not rows:
+            return torch.empty((0, *self.image_shape))
+        return self._checked(_stack([dataset[i] for i in rows]))
+
+    def subset(self, index: torch.Tensor | Sequence[int]) -> "ImageFiles":
+        """These images, still on disk."""
+        return ImageFiles([self.files[int(i)] for i in index], self.decode, self.image_shape, self.scale, self.shift,
+                          self.workers, self.identity)
+
+    def batches(self, chunks: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of each index chunk, in order, decoded by `workers` processes (0: in this one)."""
+        loader = DataLoader(self._dataset(), batch_sampler=[c.tolist() for c in chunks], num_workers=self.workers,
+                            collate_fn=_stack, prefetch_factor=4 if self.workers else None)
+        for batch in loader:
+            yield self._checked(batch)
+
+    @staticmethod
+    def _checked(batch: torch.Tensor | str) -> torch.Tensor:
+        if isinstance(batch, str):
+            raise KdistillError(batch)
+        return batch
+
+    def sha256(self) -> str:
+        """Identity of the files (paths, sizes, modification times) and of how they are decoded, without reading
+        them: the teacher cache's data hash for a streamed split."""
+        digest = hashlib.sha256(f"{self.identity}|{self.image_shape}|{self.scale.tolist()}|{self.shift.tolist()}".encode())
+        for path in self.files:
+            stat = os.stat(path)
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+def is_streamed(inputs: object) -> bool:
+    return isinstance(inputs, ImageFiles)
+
+
+def take(inputs: torch.Tensor | ImageFiles, index: torch.Tensor) -> torch.Tensor | ImageFiles:
+    """The rows `index` of a split's inputs: a tensor, or (streamed) the same files, still on disk."""
+    return inputs.subset(index) if isinstance(inputs, ImageFiles) else inputs[index]
+
+
+def in_chunks(inputs: torch.Tensor | ImageFiles, size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, inputs[start:start + size]) over a whole split, in order; streamed splits decode in workers."""
+    n = len(inputs)
+    if isinstance(inputs, ImageFiles):
+        starts = range(0, n, size)
+        yield from zip(starts, inputs.batches([torch.arange(s, min(n, s + size)) for s in starts]))
+        return
+    for start in range(0, n, size):
+        yield start, inputs[start : start + size]
+
+
+def stream_statistics(files: ImageFiles, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of the raw pixels / 255 of every image (one pass in workers),
+    as the in-memory path computes them over the decoded array (sums of uint8 values are exact in float64)."""
+    raw = ImageFiles(files.files, files.decode, files.image_shape, np.ones((files.image_shape[0], 1, 1), np.float32),
+                     np.zeros((files.image_shape[0], 1, 1), np.float32), files.workers, files.identity)
+    count, total, squares = 0, np.zeros(files.image_shape[0]), np.zeros(files.image_shape[0])
+    for _, batch in in_chunks(raw, batch_size):
+        pixels = batch.double().transpose(0, 1).reshape(files.image_shape[0], -1)
+        count += pixels.shape[1]
+        total += pixels.sum(dim=1).numpy()
+        squares += (pixels * pixels).sum(dim=1).numpy()
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return mean / 255.0, std / 255.0

@@ -1,0 +1,191 @@
+"""Images streamed from disk (kdistill.data.streaming; data.in_memory, manifests): the streamed split holds
+the in-memory inputs exactly, a streamed run trains the same student and a streamed cache re-creates the
+teacher's views; bad files and manifests are one line naming file and row, and change nothing on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tree_digest, write_yaml
+from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, validate_config
+from kdistill.data import load_dataset
+from kdistill.data.streaming import ImageFiles, is_streamed
+from kdistill.errors import KdistillError
+from kdistill.runner import run_distill, run_train
+from test_cli_errors import assert_user_error, cli
+from test_vision_data import write_imagefolder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imgs")
+    write_imagefolder(root, classes=("ant", "bee", "cat"), counts={"train": 20, "val": 6, "test": 6}, size=(10, 9))
+    return root
+
+
+def data_cfg(root: Path, **more) -> dict:
+    return {"name": "imagefolder", "root": str(root), "batch_size": 16, **more}
+
+
+def test_a_streamed_split_holds_the_in_memory_inputs(folder, capsys):
+    held = load_dataset(DataConfig(**data_cfg(folder, in_memory=True)))
+    assert "held in memory" in capsys.readouterr().err
+    streamed = load_dataset(DataConfig(**data_cfg(folder, in_memory=False, workers=2)))
+    assert "streamed from disk by 2 worker(s)" in capsys.readouterr().err
+    assert is_streamed(streamed.train.inputs) and not is_streamed(held.train.inputs)
+    assert streamed.input_shape == held.input_shape and streamed.classes == held.classes
+    np.testing.assert_allclose(streamed.normalization["mean"], held.normalization["mean"], rtol=1e-9)
+    np.testing.assert_allclose(streamed.normalization["std"], held.normalization["std"], rtol=1e-9)
+    for name in ("train", "val", "test"):
+        torch.testing.assert_close(streamed.split(name).inputs[:], held.split(name).inputs, rtol=0, atol=1e-6)
+        assert torch.equal(streamed.split(name).labels, held.split(name).labels)
+    order = [torch.tensor([5, 1, 7]), torch.tensor([0, 59])]
+    for chunk, batch in zip(order, streamed.train.inputs.batches(order)):
+        torch.testing.assert_close(batch, held.train.inputs[chunk], rtol=0, atol=1e-6)
+
+
+def test_auto_streams_above_the_memory_limit(tmp_path, capsys):
+    root = tmp_path / "big"
+    write_imagefolder(root, classes=("a", "b"), counts={"train": 15, "val": 2}, size=(100, 100))  # 3.4 MB decoded
+    assert not is_streamed(load_dataset(DataConfig(**data_cfg(root, memory_limit_mb=4))).train.inputs)
+    assert "(3 MB decoded; data.in_memory=auto, data.memory_limit_mb=4): held in memory" in capsys.readouterr().err
+    data = load_dataset(DataConfig(**data_cfg(root, memory_limit_mb=3)))
+    assert is_streamed(data.train.inputs)
+    assert "data.in_memory=auto, data.memory_limit_mb=3): streamed from disk" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("augment", [[], ["random-crop", "hflip"]])
+def test_a_streamed_run_trains_the_in_memory_student(folder, tmp_path, augment):
+    rows = {}
+    for in_memory in (True, False):
+        raw = {"name": "s", "seed": 0, "data": data_cfg(folder, in_memory=in_memory, workers=1, augment=augment),
+               "model": {"name": "mlp", "hidden": [8]}, "train": {"epochs": 2, "lr": 3e-3},
+               "out": str(tmp_path / str(in_memory))}
+        rows[in_memory] = run_train(validate_config(raw, TrainRunConfig), progress=False)
+    held, streamed = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("True", "False"))
+    for key in held:
+        torch.testing.assert_close(held[key], streamed[key], rtol=1e-4, atol=1e-5)
+    assert rows[True]["accuracy"] == rows[False]["accuracy"]
+
+
+def test_a_streamed_cache_recreates_the_teachers_views(folder, tmp_path):
+    teacher = {"name": "t", "seed": 0, "data": data_cfg(folder, in_memory=True), "model": {"name": "cnn", "channels": [4]},
+               "train": {"epochs": 1}, "out": str(tmp_path / "teacher")}
+    run_train(validate_config(teacher, TrainRunConfig), progress=False)
+    students = {}
+    for in_memory in (True, False):
+        raw = {"name": "kd", "seed": 0, "data": data_cfg(folder, in_memory=in_memory, augment=["random-crop", "hflip"]),
+               "teacher": str(tmp_path / "teacher"), "student": {"name": "mlp", "hidden": [8]},
+               "distill": {"method": "kd", "teacher_outputs": "cached", "cache": {"views": 2, "dtype": "float32",
+                                                                               "dir": str(tmp_path / f"cache-{in_memory}")}},
+               "train": {"epochs": 2}, "out": str(tmp_path / f"kd-{in_memory}")}
+        students[in_memory] = run_distill(validate_config(raw, DistillRunConfig), progress=False)
+        cached = np.load(tmp_path / f"cache-{in_memory}" / "logits.npy")
+        students[f"logits-{in_memory}"] = cached
+    np.testing.assert_allclose(students["logits-True"], students["logits-False"], rtol=1e-4, atol=1e-4)
+    assert students[True]["accuracy"] == students[False]["accuracy"]
+    header = json.loads((tmp_path / "cache-False" / "header.json").read_text())
+    assert header["fingerprint"]["data"]["content_sha256"] != json.loads(
+        (tmp_path / "cache-True" / "header.json").read_text())["fingerprint"]["data"]["content_sha256"]
+
+
+def test_a_bad_image_met_while_streaming_is_one_line(folder, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "imgs"
+    shutil.copytree(folder, root)
+    victim = sorted((root / "val" / "bee").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # header intact, pixels cut off
+    raw = {"name": "s", "data": data_cfg(root, in_memory=False, workers=1), "model": {"name": "mlp", "hidden": [8]},
+           "train": {"epochs": 1}, "out": str(tmp_path / "run")}
+    code, _, err = cli(capsys, "train", write_yaml(tmp_path / "s.yaml", raw))
+    assert "Traceback" not in err
+    assert code == 2 and err.strip().splitlines()[-1].startswith("kdistill: error:") and str(victim) in err, err
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def write_manifests(folder: Path, where: Path, fmt: str = "csv") -> dict[str, Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split in ("train", "val", "test"):
+        rows = [(str(Path("..") / folder.name / split / c.name / f.name) if where.parent == folder.parent else str(f), c.name)
+                for c in sorted((folder / split).iterdir()) for f in sorted(c.iterdir())]
+        path = where / f"{split}.{fmt}"
+        if fmt == "csv":
+            path.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+        else:
+            path.write_text("".join(json.dumps({"path": p, "label": label}) + "\n" for p, label in rows))
+        files[split] = path
+    return files
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_manifest_loads_what_the_folder_holds(folder, tmp_path, fmt):
+    files = write_manifests(folder, folder.parent / f"lists-{fmt}", fmt)
+    listed = load_dataset(DataConfig(name="manifest", **{k: str(v) for k, v in files.items()}, in_memory=False))
+    tree = load_dataset(DataConfig(**data_cfg(folder, in_memory=True)))
+    assert listed.classes == tree.classes and listed.name == "manifest"
+    for name in ("train", "val", "test"):
+        torch.testing.assert_close(listed.split(name).inputs[:], tree.split(name).inputs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing-file", "row 3: image not found"), ("unknown-label", "row 2: label 'wasp' is not one of train's"),
+    ("no-header", "must name the columns path and label"), ("bad-json", "row 1 is not JSON"),
+    ("no-manifest", "manifest file not found"), ("empty", "no rows"),
+])
+def test_bad_manifests_are_one_line(folder, tmp_path, capsys, case, needle):
+    files = write_manifests(folder, folder.parent / f"lists-{case}")
+    if case == "missing-file":
+        lines = files["train"].read_text().splitlines()
+        lines[2] = "nowhere/x.png," + lines[2].split(",")[1]
+        files["train"].write_text("\n".join(lines) + "\n")
+    elif case == "unknown-label":
+        lines = files["val"].read_text().splitlines()
+        lines[1] = lines[1].split(",")[0] + ",wasp"
+        files["val"].write_text("\n".join(lines) + "\n")
+    elif case == "no-header":
+        files["train"].write_text("\n".join(files["train"].read_text().splitlines()[1:]) + "\n")
+    elif case == "bad-json":
+        files["val"] = files["val"].with_suffix(".jsonl")
+        files["val"].write_text("{not json\n")
+    elif case == "no-manifest":
+        files["test"] = tmp_path / "absent.csv"
+    elif case == "empty":
+        files["train"].write_text("path,label\n")
+    lists = folder.parent / f"lists-{case}"
+    before = (tree_digest(folder), tree_digest(lists))
+    raw = {"name": "m", "data": {"name": "manifest", **{k: str(v) for k, v in files.items()}},
+           "model": {"name": "mlp", "hidden": [8]}, "train": {"epochs": 1}, "out": str(tmp_path / "run")}
+    code, _, err = cli(capsys, "train", write_yaml(tmp_path / "m.yaml", raw))
+    assert_user_error(code, err, needle)
+    assert not (tmp_path / "run").exists() and (tree_digest(folder), tree_digest(lists)) == before
+
+
+def test_stream_settings_are_checked(tmp_path, capsys):
+    for data, needle in (({"name": "digits", "in_memory": False}, "always held in memory"),
+                         ({"name": "digits", "train": "x.csv"}, "for data.name: manifest only"),
+                         ({"name": "manifest", "train": "x.csv"}, "needs data.train and data.val"),
+                         ({"name": "digits", "workers": -1}, "data.workers")):
+        raw = {"name": "m", "data": data, "model": {"name": "mlp"}, "out": str(tmp_path / "run")}
+        code, _, err = cli(capsys, "train", write_yaml(tmp_path / "m.yaml", raw))
+        assert_user_error(code, err, needle)
+
+
+def test_image_files_decode_in_workers_and_here_alike(folder):
+    data = load_dataset(DataConfig(**data_cfg(folder, in_memory=False, workers=2)))
+    files: ImageFiles = data.train.inputs
+    here = files[torch.tensor([3, 0, 9])]
+    [there] = list(files.batches([torch.tensor([3, 0, 9])]))
+    assert torch.equal(here, there) and files[3].shape == files.shape[1:]
+    assert len(files.subset(torch.tensor([1, 2]))) == 2
+    with pytest.raises(KdistillError):
+        ImageFiles([folder / "missing.png"], files.decode, files.image_shape, files.scale, files.shift, 0)[0]
