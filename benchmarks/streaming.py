@@ -5,8 +5,10 @@ plus noise, so there is something to learn) under `--work` (outside git), then m
 
 1. **Peak memory of a streamed distillation run, at two folder sizes** (`--sizes`, default 20,000 and
    100,000 training images): `kdistill distill` in a subprocess, `data.in_memory: false`, Hinton KD from
-   a cached teacher (the cache built first by `kdistill cache-teacher`, not timed), one epoch; the
-   resident memory of the whole process tree (main process + DataLoader workers) is sampled every 0.1 s.
+   a cached teacher (the cache built first by `kdistill cache-teacher`, not timed), one epoch; the memory
+   of the whole process tree (main process + DataLoader workers) is sampled every 0.1 s, as the sum of
+   PSS (shared pages divided among the processes mapping them: what the tree takes) and, for comparison,
+   the sum of RSS (which counts the pages forked workers share with the main process once per process).
 2. **Streamed vs in-memory epoch time** on the smaller folder (which fits in memory both ways): the same
    student-alone epoch (`kdistill train`, 1 epoch) with `data.in_memory: true` and `false`, interleaved over
    `--rounds`; the engine's own samples/s of the epoch (validation excluded).
@@ -66,24 +68,36 @@ def kdistill(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdistill", *args], capture_output=True, text=True)
 
 
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
-    for p in [process, *process.children(recursive=True)]:
+def tree_memory(process: psutil.Process) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, RSS of the main process) over a process and its children. Forked DataLoader
+    workers share the parent's pages, which RSS counts once per process; PSS divides each shared page among
+    the processes that map it, so the PSS sum is the memory the tree really takes."""
+    rss = pss = 0
+    main = 0
+    try:
+        tree = [process, *process.children(recursive=True)]
+    except psutil.Error:  # the run has just ended
+        return 0, 0, 0
+    for p in tree:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+        main = info.rss if p.pid == process.pid else main
+    return rss, pss, main
 
 
-def peak_rss_of(command: list[str]) -> tuple[int, subprocess.CompletedProcess]:
-    """Run `command`, sampling the resident memory of it and its children; (peak bytes, result)."""
+def peak_memory_of(command: list[str]) -> tuple[dict[str, int], subprocess.CompletedProcess]:
+    """Run `command`, sampling the memory of it and its children every 0.1 s; (peaks in bytes, result)."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watched, peak, done = psutil.Process(proc.pid), [0], threading.Event()
+    watched, done = psutil.Process(proc.pid), threading.Event()
+    peak = {"rss_sum": 0, "pss_sum": 0, "main_rss": 0}
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], tree_rss(watched))
+            for key, value in zip(peak, tree_memory(watched)):
+                peak[key] = max(peak[key], value)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -91,7 +105,7 @@ def peak_rss_of(command: list[str]) -> tuple[int, subprocess.CompletedProcess]:
     out, err = proc.communicate()
     done.set()
     sampler.join()
-    return peak[0], subprocess.CompletedProcess(command, proc.returncode, out, err)
+    return peak, subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def write_config(path: Path, raw: dict) -> Path:
@@ -144,13 +158,14 @@ def main() -> None:
         built = kdistill("cache-teacher", str(config))
         if built.returncode:
             raise SystemExit(built.stderr)
-        peak, result = peak_rss_of([sys.executable, "-m", "kdistill", "distill", str(config), "--overwrite", "-q"])
+        peak, result = peak_memory_of([sys.executable, "-m", "kdistill", "distill", str(config), "--overwrite", "-q"])
         if result.returncode:
             raise SystemExit(result.stderr)
         line = json.loads((work / "runs" / f"kd-{n}" / "metrics.jsonl").read_text().splitlines()[-1])
-        memory.append({"train_images": n, "peak_rss_mb": peak / 2**20, "samples_per_s": line["samples_per_s"],
-                       "decoded_mb_if_in_memory": n * 3 * SIZE * SIZE * 4 / 2**20})
-        print(f"streamed KD, {n} images: peak RSS {peak / 2**20:.0f} MB, {line['samples_per_s']:.0f} samples/s", file=sys.stderr)
+        memory.append({"train_images": n, **{f"peak_{k}_mb": v / 2**20 for k, v in peak.items()},
+                       "samples_per_s": line["samples_per_s"], "decoded_mb_if_in_memory": n * 3 * SIZE * SIZE * 4 / 2**20})
+        print(f"streamed KD, {n} images: peak PSS {peak['pss_sum'] / 2**20:.0f} MB (RSS summed "
+              f"{peak['rss_sum'] / 2**20:.0f} MB), {line['samples_per_s']:.0f} samples/s", file=sys.stderr)
 
     speed: dict[str, list[float]] = {"in_memory": [], "streamed": []}
     for round_ in range(args.rounds):
@@ -174,9 +189,10 @@ def main() -> None:
     lines = [f"# Streaming images from disk (CPU, {cpus} cores)", "", f"`{result['command']}`; synthetic 64x64 RGB PNGs, "
              f"10 classes, student `cnn {STUDENT['channels']}`, batch 256.", "",
              "## Peak memory of a streamed distillation epoch (cached teacher, main process + workers)", "",
-             "| training images | decoded size if held in memory | peak RSS | samples/s |", "|---|---|---|---|"]
-    lines += [f"| {m['train_images']:,} | {m['decoded_mb_if_in_memory']:,.0f} MB | {m['peak_rss_mb']:,.0f} MB | "
-              f"{m['samples_per_s']:,.0f} |" for m in memory]
+             "| training images | decoded size if held in memory | peak PSS, all processes | peak RSS summed "
+             "(counts shared pages once per worker) | main process RSS | samples/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m['train_images']:,} | {m['decoded_mb_if_in_memory']:,.0f} MB | {m['peak_pss_sum_mb']:,.0f} MB | "
+              f"{m['peak_rss_sum_mb']:,.0f} MB | {m['peak_main_rss_mb']:,.0f} MB | {m['samples_per_s']:,.0f} |" for m in memory]
     lines += ["", f"## Epoch time, streamed vs in memory ({min(args.sizes):,} images, student alone, {args.rounds} "
               "interleaved rounds, median)", "",
               "| path | samples/s (median) | all rounds |", "|---|---|---|",

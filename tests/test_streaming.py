@@ -189,3 +189,50 @@ def test_image_files_decode_in_workers_and_here_alike(folder):
     assert len(files.subset(torch.tensor([1, 2]))) == 2
     with pytest.raises(KdistillError):
         ImageFiles([folder / "missing.png"], files.decode, files.image_shape, files.scale, files.shift, 0)[0]
+
+
+# ---------------------------------------------------------------- hf-disk images
+
+
+def write_hf_images(folder: Path, out: Path, class_label: bool = True) -> Path:
+    """The imagefolder's images as a DatasetDict (Image feature; ClassLabel or string labels), saved to disk."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    splits = {}
+    for ours, theirs in (("train", "train"), ("val", "validation"), ("test", "test")):
+        images, labels = [], []
+        for c in classes:
+            for f in sorted((folder / ours / c).iterdir()):
+                images.append(Image.open(f).copy())
+                labels.append(classes.index(c) if class_label else c)
+        label = datasets.ClassLabel(names=classes) if class_label else datasets.Value("string")
+        features = datasets.Features({"picture": datasets.Image(), "kind": label})
+        splits[theirs] = datasets.Dataset.from_dict({"picture": images, "kind": labels}, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    return out
+
+
+@pytest.mark.parametrize("class_label,in_memory", [(True, True), (True, False), (False, False)])
+def test_an_hf_disk_image_set_loads_what_the_folder_holds(folder, tmp_path, class_label, in_memory):
+    root = write_hf_images(folder, tmp_path / "hf", class_label)
+    hf = load_dataset(DataConfig(name="hf-disk", root=str(root), image_column="picture", label_column="kind",
+                                 in_memory=in_memory, workers=1))
+    tree = load_dataset(DataConfig(**data_cfg(folder, in_memory=True)))
+    assert hf.classes == tree.classes and is_streamed(hf.train.inputs) == (not in_memory)
+    for name in ("train", "val", "test"):
+        torch.testing.assert_close(hf.split(name).inputs[:], tree.split(name).inputs, rtol=0, atol=1e-6)
+        assert torch.equal(hf.split(name).labels, tree.split(name).labels)
+
+
+def test_hf_disk_errors_are_one_line(folder, tmp_path, capsys):
+    root = write_hf_images(folder, tmp_path / "hf")
+    for data, needle in (({"image_column": "photo", "label_column": "kind"}, "no column 'photo'"),
+                         ({"image_column": "kind", "label_column": "kind"}, "not a readable image"),
+                         ({"root": str(tmp_path / "nothing")}, "not a saved Hugging Face dataset")):
+        raw = {"name": "h", "data": {"name": "hf-disk", "root": str(root), **data}, "model": {"name": "mlp"},
+               "train": {"epochs": 1}, "out": str(tmp_path / "run")}
+        code, _, err = cli(capsys, "train", write_yaml(tmp_path / "h.yaml", raw))
+        assert_user_error(code, err, needle)
+        assert not (tmp_path / "run").exists()

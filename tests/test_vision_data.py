@@ -661,14 +661,14 @@ def test_imagefolder_config_errors(tmp_path):
         load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "absent")))
     with pytest.raises(KdistillError, match="nothing to download"):
         load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), download=True))
-    with pytest.raises(KdistillError, match="data.image_size: only imagefolder"):
+    with pytest.raises(KdistillError, match=r"data.image_size: only image files \(imagefolder"):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path), image_size=32))
 
 
 # --- registry, augment, end to end ------------------------------------------------------------
 
 def test_loaders_are_registered():
-    assert set(LOADERS) == {"digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "manifest"}
+    assert set(LOADERS) == {"digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "manifest", "hf-disk"}
 
 
 def test_normalize_is_an_accepted_no_op():

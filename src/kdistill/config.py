@@ -44,7 +44,8 @@ class DataConfig(_Strict):
     `in_memory` (imagefolder, manifest): `auto` holds the images in memory when the decoded training
     split fits in `memory_limit_mb`, else streams them from disk, decoded by `workers` DataLoader
     processes (default: the CPU count); `true`/`false` force it. `train`/`val`/`test`: a manifest's
-    CSV or JSONL files of `path,label` rows (paths relative to the manifest file).
+    CSV or JSONL files of `path,label` rows (paths relative to the manifest file). `image_column`,
+    `label_column`: an hf-disk data set's columns.
     """
 
     name: str = "digits"
@@ -61,6 +62,8 @@ class DataConfig(_Strict):
     train: str | None = None
     val: str | None = None
     test: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
 
 
 class ModelSpec(BaseModel):

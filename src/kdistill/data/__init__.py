@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from kdistill.config import DataConfig
-from kdistill.data import cifar, digits, idx, imagefolder, manifest
+from kdistill.data import cifar, digits, hf_images, idx, imagefolder, manifest
 from kdistill.data.streaming import take
 from kdistill.data.splits import Batch, DataSplits, Split, iterate_batches, stratified_holdout
 from kdistill.errors import KdistillError
@@ -26,8 +26,9 @@ LOADERS: dict[str, Callable[[DataConfig], DataSplits]] = {
     "cifar100": cifar.load_cifar100,
     "imagefolder": imagefolder.load,
     "manifest": manifest.load,
+    "hf-disk": hf_images.load,
 }
-IMAGE_FILES = ("imagefolder", "manifest")  # read from image files: may stream (data.in_memory)
+IMAGE_FILES = ("imagefolder", "manifest", "hf-disk")  # read from image files: may stream (data.in_memory)
 
 
 def load_dataset(cfg: DataConfig) -> DataSplits:
@@ -36,9 +37,11 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
     if loader is None:
         raise KdistillError(f"data.name: unknown data set {cfg.name!r} (known: {', '.join(sorted(LOADERS))})")
     if cfg.image_size is not None and cfg.name not in IMAGE_FILES:
-        raise KdistillError(f"data.image_size: only imagefolder and manifest resize images; {cfg.name} has a fixed size (remove data.image_size)")
+        raise KdistillError(f"data.image_size: only image files (imagefolder, manifest, hf-disk) are resized; {cfg.name} has a fixed size (remove data.image_size)")
     if cfg.name != "manifest" and (cfg.train or cfg.val or cfg.test):
         raise KdistillError(f"data.train/val/test: manifest files, for data.name: manifest only (not {cfg.name})")
+    if cfg.name != "hf-disk" and (cfg.image_column != "image" or cfg.label_column != "label"):
+        raise KdistillError(f"data.image_column/label_column: columns of an hf-disk data set (not {cfg.name})")
     if cfg.in_memory is False and cfg.name not in IMAGE_FILES:
         raise KdistillError(f"data.in_memory: false streams image files ({', '.join(IMAGE_FILES)}); {cfg.name} is "
                             "always held in memory")

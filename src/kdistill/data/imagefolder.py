@@ -30,6 +30,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -78,22 +79,32 @@ def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[P
     return names, files, labels
 
 
-def _open(path: Path):
+def _open(path: Path, decode: bool = True):
     from PIL import Image, UnidentifiedImageError
 
     try:
         image = Image.open(path)
-        image.load()
+        if decode:
+            image.load()
+        else:
+            image.close()  # mode and size stay readable
         return image
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise KdistillError(f"{path}: unreadable image ({exc})") from None
 
 
-def decode_image(path: Path, mode: str, size: tuple[int, int], resize: bool, reference: Path | None = None) -> np.ndarray:
-    """One image file as (H, W, C) uint8 pixels in `mode` ("L" or "RGB"), `size` (width, height)."""
+def _peek(path: Path):
+    """The image's header only (Pillow reads mode and size without decoding)."""
+    return _open(path, decode=False)
+
+
+def decode_image(item: Any, mode: str, size: tuple[int, int], resize: bool, reference: Any = None,
+                 opener: Callable[[Any], Any] = _open) -> np.ndarray:
+    """One image (a file, or what `opener` turns `item` into) as (H, W, C) uint8 pixels in `mode` ("L" or
+    "RGB"), `size` (width, height)."""
     from PIL import Image
 
-    image = _open(path)
+    image = opener(item)
     if image.mode.startswith("I"):  # 16-bit greyscale: scale 0..65535 to 0..255 ourselves
         grey8 = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
         image = Image.fromarray(grey8)  # 2-D uint8 -> mode L
@@ -102,46 +113,42 @@ def decode_image(path: Path, mode: str, size: tuple[int, int], resize: bool, ref
         image = image.resize(size, Image.Resampling.BILINEAR)
     if image.size != size:
         raise KdistillError(
-            f"{path}: image is {image.size[0]}x{image.size[1]} but {reference or 'the first image'} is "
+            f"{item}: image is {image.size[0]}x{image.size[1]} but {reference or 'the first image'} is "
             f"{size[0]}x{size[1]}; images must share one size, or set data.image_size to resize them all"
         )
     return np.asarray(image, dtype=np.uint8).reshape(size[1], size[0], 1 if mode == "L" else 3)
 
 
-def _decode(files: list[Path], mode: str, size: tuple[int, int], resize: bool) -> np.ndarray:
-    """Decode `files` into one (N, H, W, C) uint8 array; `size` is (width, height)."""
-    out = np.empty((len(files), size[1], size[0], 1 if mode == "L" else 3), dtype=np.uint8)
-    for i, path in enumerate(files):
-        out[i] = decode_image(path, mode, size, resize, files[0])
+def _decode(items: list, mode: str, size: tuple[int, int], resize: bool, opener: Callable[[Any], Any]) -> np.ndarray:
+    """Decode `items` into one (N, H, W, C) uint8 array; `size` is (width, height)."""
+    out = np.empty((len(items), size[1], size[0], 1 if mode == "L" else 3), dtype=np.uint8)
+    for i, item in enumerate(items):
+        out[i] = decode_image(item, mode, size, resize, items[0], opener)
     return out
 
 
-def image_format(files: list[Path], image_size: int | None) -> tuple[str, tuple[int, int], bool]:
+def image_format(items: list, image_size: int | None, peek: Callable[[Any], Any] = _peek) -> tuple[str, tuple[int, int], bool]:
     """(mode, (width, height), resize) for a data set: greyscale only if every image is, the first image's
-    size unless `image_size` is set. Reads headers only (Pillow does not decode them)."""
-    from PIL import Image, UnidentifiedImageError
-
+    size unless `image_size` is set. For files, reads headers only."""
     grey = True
     first_size = None
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                grey = grey and image.mode in GREY_MODES
-                if first_size is None:
-                    first_size = image.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise KdistillError(f"{path}: unreadable image ({exc})") from None
+    for item in items:
+        image = peek(item)
+        grey = grey and image.mode in GREY_MODES
+        if first_size is None:
+            first_size = image.size
     resize = image_size is not None
     return "L" if grey else "RGB", (image_size, image_size) if resize else first_size, resize
 
 
-def image_splits(cfg: DataConfig, name: str, classes: list[str], parts: dict[str, tuple[list[Path], list[int]]],
-                 extra: dict) -> DataSplits:
-    """Train/val/test images (file lists and labels) as a DataSplits, in memory or streamed from disk
-    (`data.in_memory`); normalised by the per-channel mean and std of the training pixels either way."""
+def image_splits(cfg: DataConfig, name: str, classes: list[str], parts: dict[str, tuple[list, list[int]]],
+                 extra: dict, opener: Callable[[Any], Any] = _open, peek: Callable[[Any], Any] = _peek) -> DataSplits:
+    """Train/val/test images (lists of files, or of items `opener` opens, and labels) as a DataSplits, in memory
+    or streamed from disk (`data.in_memory`); normalised by the per-channel mean and std of the training pixels
+    either way."""
     has_test = "test" in parts
     everything = [f for files, _ in parts.values() for f in files]
-    mode, size, resize = image_format(everything, cfg.image_size)
+    mode, size, resize = image_format(everything, cfg.image_size, peek)
     channels = 1 if mode == "L" else 3
     train_files, train_labels = parts["train"]
     decoded_mb = len(train_files) * channels * size[0] * size[1] * 4 / 2**20
@@ -149,13 +156,14 @@ def image_splits(cfg: DataConfig, name: str, classes: list[str], parts: dict[str
     workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
     labels_of = {split: np.asarray(labels, dtype=np.int64) for split, (_, labels) in parts.items()}
     if stream:
-        decode = partial(decode_image, mode=mode, size=size, resize=resize)
+        decode = partial(decode_image, mode=mode, size=size, resize=resize, opener=opener)
         unit = np.ones((channels, 1, 1), np.float32)
-        lazy = {split: ImageFiles(files, decode, (channels, size[1], size[0]), unit, 0 * unit, workers, f"{mode}|{size}|{resize}")
+        lazy = {split: ImageFiles(files, decode, (channels, size[1], size[0]), unit, 0 * unit, workers,
+                                  f"{name}|{extra}|{mode}|{size}|{resize}")
                 for split, (files, _) in parts.items()}
         mean, std = stream_statistics(lazy["train"])
     else:
-        pixels = {split: _decode(files, mode, size, resize) for split, (files, _) in parts.items()}
+        pixels = {split: _decode(files, mode, size, resize, opener) for split, (files, _) in parts.items()}
         flat = pixels["train"].reshape(-1, channels)
         mean = flat.mean(axis=0, dtype=np.float64) / 255.0
         std = flat.std(axis=0, dtype=np.float64) / 255.0

@@ -111,9 +111,12 @@ class ImageFiles:
         """Identity of the files (paths, sizes, modification times) and of how they are decoded, without reading
         them: the teacher cache's data hash for a streamed split."""
         digest = hashlib.sha256(f"{self.identity}|{self.image_shape}|{self.scale.tolist()}|{self.shift.tolist()}".encode())
-        for path in self.files:
-            stat = os.stat(path)
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        for item in self.files:
+            if isinstance(item, Path):
+                stat = os.stat(item)
+                digest.update(f"{item}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            else:  # a row of a data set whose own fingerprint is in `identity`
+                digest.update(f"{item}\n".encode())
         return digest.hexdigest()
 
 
@@ -137,17 +140,33 @@ def in_chunks(inputs: torch.Tensor | ImageFiles, size: int) -> Iterator[tuple[in
         yield start, inputs[start : start + size]
 
 
+def _channel_sums(items: list[torch.Tensor | str]) -> tuple[int, np.ndarray, np.ndarray] | str:
+    """Worker side of `stream_statistics`: (pixels per channel, sums, sums of squares) of a batch, in float64."""
+    error = next((item for item in items if isinstance(item, str)), None)
+    if error is not None:
+        return error
+    pixels = np.stack([item.numpy() for item in items]).astype(np.float64)  # (N, C, H, W), integers 0..255
+    return pixels[:, 0].size, pixels.sum(axis=(0, 2, 3)), np.square(pixels).sum(axis=(0, 2, 3))
+
+
 def stream_statistics(files: ImageFiles, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of the raw pixels / 255 of every image (one pass in workers),
-    as the in-memory path computes them over the decoded array (sums of uint8 values are exact in float64)."""
-    raw = ImageFiles(files.files, files.decode, files.image_shape, np.ones((files.image_shape[0], 1, 1), np.float32),
-                     np.zeros((files.image_shape[0], 1, 1), np.float32), files.workers, files.identity)
-    count, total, squares = 0, np.zeros(files.image_shape[0]), np.zeros(files.image_shape[0])
-    for _, batch in in_chunks(raw, batch_size):
-        pixels = batch.double().transpose(0, 1).reshape(files.image_shape[0], -1)
-        count += pixels.shape[1]
-        total += pixels.sum(dim=1).numpy()
-        squares += (pixels * pixels).sum(dim=1).numpy()
+    """Per-channel mean and standard deviation of the raw pixels / 255 of every image, as the in-memory path
+    computes them over the decoded array (sums of uint8 values are exact in float64). The sums are taken in
+    the DataLoader workers, which send back three numbers per channel and batch, not the images: summing
+    received batches here made the main process's heap grow by up to 2 GB over 100,000 images (glibc keeps
+    the freed float64 temporaries)."""
+    channels = files.image_shape[0]
+    unit = np.ones((channels, 1, 1), np.float32)
+    raw = _Decoded(files.files, files.decode, unit, 0 * unit)
+    n = len(files.files)
+    chunks = [list(range(start, min(n, start + batch_size))) for start in range(0, n, batch_size)]
+    loader = DataLoader(raw, batch_sampler=chunks, num_workers=files.workers, collate_fn=_channel_sums,
+                        prefetch_factor=4 if files.workers else None)
+    count, total, squares = 0, np.zeros(channels), np.zeros(channels)
+    for sums in loader:
+        if isinstance(sums, str):
+            raise KdistillError(sums)
+        count, total, squares = count + sums[0], total + sums[1], squares + sums[2]
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return mean / 255.0, std / 255.0
