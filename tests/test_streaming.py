@@ -33,11 +33,11 @@ def data_cfg(root: Path, **more) -> dict:
     return {"name": "imagefolder", "root": str(root), "batch_size": 16, **more}
 
 
-def test_a_streamed_split_holds_the_in_memory_inputs(folder, capsys):
+def test_a_streamed_split_holds_the_in_memory_inputs(folder):
     held = load_dataset(DataConfig(**data_cfg(folder, in_memory=True)))
-    assert "held in memory" in capsys.readouterr().err
+    assert "held in memory" in held.notes[0]
     streamed = load_dataset(DataConfig(**data_cfg(folder, in_memory=False, workers=2)))
-    assert "streamed from disk by 2 worker(s)" in capsys.readouterr().err
+    assert "streamed from disk by 2 worker(s)" in streamed.notes[0]
     assert is_streamed(streamed.train.inputs) and not is_streamed(held.train.inputs)
     assert streamed.input_shape == held.input_shape and streamed.classes == held.classes
     np.testing.assert_allclose(streamed.normalization["mean"], held.normalization["mean"], rtol=1e-9)
@@ -53,11 +53,17 @@ def test_a_streamed_split_holds_the_in_memory_inputs(folder, capsys):
 def test_auto_streams_above_the_memory_limit(tmp_path, capsys):
     root = tmp_path / "big"
     write_imagefolder(root, classes=("a", "b"), counts={"train": 15, "val": 2}, size=(100, 100))  # 3.4 MB decoded
-    assert not is_streamed(load_dataset(DataConfig(**data_cfg(root, memory_limit_mb=4))).train.inputs)
-    assert "(3 MB decoded; data.in_memory=auto, data.memory_limit_mb=4): held in memory" in capsys.readouterr().err
+    held = load_dataset(DataConfig(**data_cfg(root, memory_limit_mb=4)))
+    assert not is_streamed(held.train.inputs)
+    assert "(3 MB decoded; data.in_memory=auto, data.memory_limit_mb=4): held in memory" in held.notes[0]
     data = load_dataset(DataConfig(**data_cfg(root, memory_limit_mb=3)))
     assert is_streamed(data.train.inputs)
-    assert "data.in_memory=auto, data.memory_limit_mb=3): streamed from disk" in capsys.readouterr().err
+    assert "data.in_memory=auto, data.memory_limit_mb=3): streamed from disk" in data.notes[0]
+    # the run prints it, once its other checks have passed
+    raw = {"name": "s", "data": data_cfg(root, memory_limit_mb=3), "model": {"name": "mlp", "hidden": [4]},
+           "train": {"epochs": 1}, "out": str(tmp_path / "run")}
+    code, _, err = cli(capsys, "train", write_yaml(tmp_path / "s.yaml", raw), "-q")
+    assert code == 0 and "streamed from disk" in err
 
 
 @pytest.mark.parametrize("augment", [[], ["random-crop", "hflip"]])

@@ -130,7 +130,7 @@ def test_onnx_teacher_refuses_bf16(teacher_files, digits):
 
 
 @pytest.mark.parametrize("case,needle", [
-    ("missing", "missing"), ("unexpected", "unexpected"), ("shape", "has shape"), ("pickle", "does not unpickle"),
+    ("missing", "missing"), ("unexpected", "unexpected"), ("shape", "has shape"), ("pickle", "weights-only load refuses"),
     ("absent", "file not found"), ("garbage", "not a readable"), ("not-a-dict", "not a state dict"),
 ])
 def test_bad_weights_files_are_named(teacher_run, digits, tmp_path, case, needle):

@@ -94,3 +94,18 @@ def test_overwrite_removes_the_tracker_folder(distill_config, tmp_path, capsys):
     assert cli(capsys, "distill", config, "--overwrite")[0] == 0
     second = set(p.name for p in (Path(raw["out"]) / "tensorboard").iterdir())
     assert len(second) == 1 and not (first & second)  # the old event file went with the old run
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed")
+def test_a_tracker_folder_kdistill_did_not_write_is_refused(distill_config, tmp_path, capsys):
+    """A run resumed with log_to next to a tensorboard/ folder of the user's: refused, the folder untouched."""
+    raw = {**distill_config, "train": {**distill_config["train"], "epochs": 1}}
+    config = write_yaml(tmp_path / "d.yaml", raw)
+    assert cli(capsys, "distill", config)[0] == 0
+    mine = Path(raw["out"]) / "tensorboard"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    raw["train"]["log_to"] = ["tensorboard"]
+    code, _, err = cli(capsys, "distill", write_yaml(tmp_path / "d2.yaml", raw), "--overwrite")
+    assert code == 2 and "did not write" in err, err
+    assert (mine / "notes.txt").read_text() == "mine"

@@ -23,7 +23,7 @@ from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.data.splits import DataSplits, Split
 from kdistill.digests import tensors_sha256, weights_sha256
 from kdistill.engine import resolve_device, seed_everything
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, first_line
 from kdistill.models import build_model, load_weights, model_spec
 from kdistill.checkpoint import BEST
 from kdistill.runner import distill_setup, distill_student, train_model
@@ -60,9 +60,13 @@ def _as_tensors(data: DataLike, what: str, memory_limit_mb: int) -> TensorPair:
             raise KdistillError(f"{what}: {count:,} items of {tuple(first[0].shape)} are {size_mb:,.0f} MB as tensors, "
                                 f"more than memory_limit_mb={memory_limit_mb}; raise it, or train from disk with the CLI")
         inputs_list, labels_list = [], []
-        for batch_inputs, batch_labels, *_ in DataLoader(data, batch_size=256, shuffle=False):
-            inputs_list.append(batch_inputs)
-            labels_list.append(torch.as_tensor(batch_labels))
+        try:
+            for batch_inputs, batch_labels, *_ in DataLoader(data, batch_size=256, shuffle=False):
+                inputs_list.append(batch_inputs)
+                labels_list.append(torch.as_tensor(batch_labels))
+        except (RuntimeError, TypeError, ValueError) as exc:  # items of other shapes, labels that are not numbers
+            raise KdistillError(f"{what}: its items cannot be batched: inputs must share one shape and labels be "
+                                f"integers ({first_line(exc, 160)})") from None
         inputs, labels = torch.cat(inputs_list), torch.cat(labels_list)
     else:
         raise KdistillError(f"{what}: give a torch Dataset of (input, label) or an (inputs, labels) pair of tensors, "
@@ -122,6 +126,11 @@ def _config(kind: type, data: DataSplits, out: str | Path, epochs: int, seed: in
     raw = dict(config or {})
     for key in ("data", "train"):
         raw[key] = dict(raw.get(key) or {})
+    loader_only = sorted(set(raw["data"]) - {"batch_size", "eval_batch_size", "augment"})
+    if loader_only:  # read by the data set loaders, which Python data does not go through
+        raise KdistillError(f"config: data.{loader_only[0]} applies to data sets kdistill loads, not to the Datasets "
+                            "given in Python (slice or transform them yourself); data takes batch_size, "
+                            "eval_batch_size and augment here")
     raw["data"]["name"] = data.name
     raw["train"].setdefault("epochs", epochs)
     raw.setdefault("seed", seed)

@@ -31,7 +31,6 @@ RUN_MARKERS = ("config.yaml", "model.json")
 RUN_FILES = ("config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
              "report.json", "tracking.json")
 RUN_FOLDERS = ("export", "teacher-cache")
-RUN_TREES = ("tensorboard", "wandb", "mlruns")  # train.log_to's backends write these whole (kdistill.tracking)
 # The files a run directory of a kdistill older than the manifest could hold at its top (adopted only to resume it).
 LEGACY_RUN_FILES = {*RUN_FILES, "report-val.json", "report-train.json", "report-test.json",
                     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -214,7 +213,6 @@ def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, 
                 if not same_config:
                     write_owned_text(out, "config.yaml", config_yaml)
                 owned.claim("state", kind=FOLDER)
-                owned.claim(*RUN_TREES, kind=TREE)
                 (out / "state").mkdir(exist_ok=True)
                 return True
             else:
@@ -224,7 +222,6 @@ def prepare_run_dir(out: Path, config_yaml: str, model_json: dict[str, Any], *, 
                 )
         owned.claim(*RUN_FILES)
         owned.claim(*RUN_FOLDERS, kind=FOLDER)
-        owned.claim(*RUN_TREES, kind=TREE)
         owned.claim("state", kind=FOLDER)
         (out / "state").mkdir(exist_ok=True)
         write_owned_text(out, "model.json", json.dumps(model_json, indent=2) + "\n")

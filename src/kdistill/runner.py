@@ -119,6 +119,8 @@ def _train_and_report(
             cache = ctx.on_main(lambda: get_cache(augment))
             cache = cache or get_cache(augment)
         if ctx.is_main:
+            for note in data.notes:
+                print(note, file=sys.stderr)
             print_notes(teacher)
 
         def prepare() -> None:
@@ -157,6 +159,7 @@ def _train_and_report(
 @threads.counted
 def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg.model` on labels only; returns the test report row ({} on ranks other than 0 under torchrun)."""
+    check_installed(cfg.train.log_to)
     distributed.init_from_env(resolve_device(cfg.train.device))
     data = load_dataset(cfg.data)
     seed_everything(cfg.seed)
@@ -242,6 +245,7 @@ def _config_teacher(cfg: DistillRunConfig, ref: Any, data: DataSplits, precision
 def run_distill(cfg: DistillRunConfig, *, overwrite: bool = False, progress: bool = True,
                 on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Distil `cfg.teacher` into `cfg.student`; returns the test report row ({} on ranks other than 0 under torchrun)."""
+    check_installed(cfg.train.log_to)
     distributed.init_from_env(resolve_device(cfg.train.device))
     data, teacher, method = distill_setup(cfg)
     seed_everything(cfg.seed)

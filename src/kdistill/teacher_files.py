@@ -15,7 +15,6 @@ Each becomes an `nn.Module` that `teachers.FrozenTeacher` wraps like a run direc
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from kdistill.checkpoint import load_torch_file
 from kdistill.errors import KdistillError, first_line
 from kdistill.export import onnx_session
 from kdistill.models import build_model
@@ -136,13 +136,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
         raise KdistillError(f"teacher.weights {path}: not a readable PyTorch file (neither a torch.save archive nor "
                             ".safetensors)")
-    try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise KdistillError(f"teacher.weights {path}: holds more than tensors, which kdistill does not unpickle "
-                            f"({first_line(exc, 120)}); save model.state_dict() or use safetensors") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise KdistillError(f"teacher.weights {path}: not a readable PyTorch file ({first_line(exc, 120)})") from None
+    state: Any = load_torch_file(path, "teacher weights file")
     while isinstance(state, dict):
         wrapper = next((k for k in STATE_DICT_WRAPPERS if isinstance(state.get(k), dict)), None)
         if wrapper is None or all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -14,6 +14,7 @@ from torch import nn
 
 from kdistill.config import TeacherInput, TeacherRef, TeacherWeights
 from kdistill.data.splits import DataSplits
+from kdistill.data.streaming import take
 from kdistill.digests import file_sha256
 from kdistill.errors import KdistillError, first_line
 from kdistill.rundir import write_owned_text
@@ -158,6 +159,16 @@ def _external(model: nn.Module, spec: dict[str, Any], file: Path, kind: str, pre
     return teacher
 
 
+def teacher_input_shape(teacher: FrozenTeacher, data: DataSplits) -> tuple[int, ...]:
+    """The input shape the teacher sees: the data's, or what teacher_input turns it into."""
+    adapted = teacher.spec.get("teacher_input")
+    if not adapted:
+        return tuple(data.input_shape)
+    size = adapted.get("size") or list(data.input_shape[1:])
+    size = [size, size] if isinstance(size, int) else list(size)
+    return (adapted.get("channels") or data.input_shape[0], *size)
+
+
 def check_teacher_on_data(teacher: FrozenTeacher, data: DataSplits) -> list[str]:
     """The teacher must take the data set's images and give one logit per class, whatever its form. A run
     directory's model must also have been trained on the same classes; a teacher from a file must give each
@@ -166,16 +177,20 @@ def check_teacher_on_data(teacher: FrozenTeacher, data: DataSplits) -> list[str]
     class order?). Returns those lines, for the run to print once every other check has passed."""
     who = f"teacher {teacher.source or teacher.spec.get('name')}"
     adapted = teacher.spec.get("teacher_input")
-    if teacher.kind in ("run", "ensemble") and teacher.spec.get("classes") != data.classes:
+    if teacher.run_dir is not None and teacher.spec.get("classes") != data.classes:
         classes = list(teacher.spec.get("classes") or [])
         if len(classes) != data.num_classes:
             raise KdistillError(f"{who} predicts {len(classes)} classes but data set {data.name!r} has "
                                 f"{data.num_classes}; use a model trained on the same classes")
         raise KdistillError(f"{who} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
-    if teacher.kind in ("run", "ensemble") and not adapted and tuple(teacher.spec.get("input_shape", ())) != data.input_shape:
+    trained = teacher.run_dir is not None  # a kdistill run directory, or an ensemble of them only
+    wanted = teacher_input_shape(teacher, data)
+    if trained and tuple(teacher.spec.get("input_shape", ())) != wanted:
         raise KdistillError(f"{who} takes inputs {tuple(teacher.spec.get('input_shape', ()))} but data set {data.name!r} "
-                            f"gives {data.input_shape}; set teacher_input (size, channels, mean, std) to what it takes")
-    probe = data.train.inputs[:2]
+                            f"gives {wanted}{' after teacher_input' if adapted else ''}; set teacher_input (size, "
+                            "channels, mean, std) to what it takes")
+    param = next(iter(teacher.model.parameters()), None)
+    probe = data.train.inputs[:2].to(param.device if param is not None else "cpu")
     try:
         logits = teacher(probe)
     except Exception as exc:  # noqa: BLE001 - a foreign graph fails in its runtime's own exception types
@@ -184,7 +199,7 @@ def check_teacher_on_data(teacher: FrozenTeacher, data: DataSplits) -> list[str]
     if tuple(logits.shape) != (probe.shape[0], data.num_classes):
         raise KdistillError(f"{who} gives outputs of shape {tuple(logits.shape[1:])} per image, but data set "
                             f"{data.name!r} has {data.num_classes} classes (one logit per class is needed)")
-    if teacher.kind in ("run", "ensemble"):
+    if trained:
         return []
     alone = torch.cat([teacher(probe[i : i + 1]) for i in range(probe.shape[0])])
     if not torch.allclose(alone, logits, rtol=1e-4, atol=1e-4):
@@ -194,8 +209,16 @@ def check_teacher_on_data(teacher: FrozenTeacher, data: DataSplits) -> list[str]
     count = min(len(val), 512)
     if not count:
         return []
-    correct = (teacher(val.inputs[:count]).argmax(-1) == val.labels[:count]).float().mean().item()
+    # A seeded sample of the whole split: validation data is often sorted by class, and the first rows would
+    # test a few classes only (a teacher in another class order could pass on them).
+    rows = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:count].sort().values
+    outputs = teacher(take(val.inputs, rows)[:].to(probe.device)).float().cpu()
+    correct = (outputs.argmax(-1) == val.labels[rows]).float().mean().item()
     notes = [f"kdistill: {who}: {correct:.1%} on {count} validation samples"]
+    if bool((outputs >= 0).all()) and torch.allclose(outputs.sum(-1), torch.ones(count), atol=1e-3):
+        notes.append(f"kdistill: warning: {who} outputs probabilities (each row is non-negative and sums to 1), "
+                     "not logits; distillation softens them again and learns from a nearly uniform target: export the "
+                     "model without its final softmax")
     if correct <= 1.5 / data.num_classes:
         notes.append(f"kdistill: warning: {who} does no better than chance ({1 / data.num_classes:.1%}) on the "
                      f"validation samples: are its outputs in the data set's class order ({', '.join(data.classes[:4])}, "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.errors import KdistillError, first_line
+from kdistill.ownership import TREE, Owned
 from kdistill.rundir import write_owned_text
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -59,8 +60,21 @@ class Trackers:
             raise KdistillError(f"train.log_to: a tracker failed to start ({type(exc).__name__}: {first_line(exc, 200)}); "
                                 "the run directory is kept: fix it, or drop the tracker, and run again to resume") from None
 
+    def _claim(self, name: str) -> None:
+        """Record the backend's folder as kdistill's (a tree third-party code fills) before it is written; a
+        folder of that name that kdistill did not make is refused, so --overwrite never removes a user's."""
+        folder = FOLDERS[name]
+        owned = Owned(self.run_dir)
+        if (self.run_dir / folder).exists() and (owned.entries() or {}).get(folder) != TREE:
+            raise KdistillError(f"train.log_to: {self.run_dir / folder} exists and kdistill did not write it; move it "
+                                "away or choose another out=")
+        owned.claim(folder, kind=TREE)
+
     def _open(self, names: list[str], run_name: str, config: dict[str, Any], first_step: int) -> None:
         ids = self._stored_ids() if first_step > 1 else {}
+        for name in names:
+            if name != "mlflow" or not os.environ.get("MLFLOW_TRACKING_URI"):
+                self._claim(name)
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter
 

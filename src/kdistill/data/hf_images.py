@@ -17,6 +17,7 @@ from typing import Any
 
 from kdistill.config import DataConfig
 from kdistill.data.imagefolder import image_splits
+from kdistill.data.manifest import class_order
 from kdistill.data.splits import DataSplits
 from kdistill.errors import KdistillError, first_line
 
@@ -56,10 +57,7 @@ def _class_names(train: Any, column: str) -> tuple[list[str], bool]:
     names = getattr(feature, "names", None)
     if names:
         return [str(n) for n in names], True
-    values = {str(v) for v in train[column]}
-    if all(v.lstrip("-").isdigit() for v in values):
-        return sorted(values, key=int), False
-    return sorted(values), False
+    return class_order({str(v) for v in train[column]}), False
 
 
 def load(cfg: DataConfig) -> DataSplits:

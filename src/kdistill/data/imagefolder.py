@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -132,12 +131,16 @@ def image_format(items: list, image_size: int | None, peek: Callable[[Any], Any]
     size unless `image_size` is set. For files, reads headers only."""
     grey = True
     first_size = None
+    resize = image_size is not None
     for item in items:
         image = peek(item)
         grey = grey and image.mode in GREY_MODES
         if first_size is None:
             first_size = image.size
-    resize = image_size is not None
+        elif not resize and image.size != first_size:  # found now, not when a streamed batch reaches it
+            raise KdistillError(f"{item}: image is {image.size[0]}x{image.size[1]} but {items[0]} is "
+                                f"{first_size[0]}x{first_size[1]}; images must share one size, or set data.image_size "
+                                "to resize them all")
     return "L" if grey else "RGB", (image_size, image_size) if resize else first_size, resize
 
 
@@ -183,9 +186,9 @@ def image_splits(cfg: DataConfig, name: str, classes: list[str], parts: dict[str
 
     val = split("val")
     how = f"streamed from disk by {workers} worker(s)" if stream else "held in memory"
-    print(f"kdistill: data: {len(train_files):,} training images ({decoded_mb:,.0f} MB decoded; data.in_memory="
-          f"{cfg.in_memory}, data.memory_limit_mb={cfg.memory_limit_mb}): {how}", file=sys.stderr)
-    return DataSplits(
+    note = (f"kdistill: data: {len(train_files):,} training images ({decoded_mb:,.0f} MB decoded; data.in_memory="
+            f"{cfg.in_memory}, data.memory_limit_mb={cfg.memory_limit_mb}): {how}")
+    return DataSplits(notes=[note],
         name=name, train=split("train"), val=val, test=split("test") if has_test else val, classes=classes,
         normalization={"scale": 1 / 255, "mean": mean.tolist(), "std": std.tolist(), "mode": mode,
                        "size": [size[1], size[0]], "resized": resize, "streamed": stream,

@@ -61,7 +61,8 @@ def _rows(manifest: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
-def _class_order(labels: set[str]) -> list[str]:
+def class_order(labels: set[str]) -> list[str]:
+    """Class names from distinct label values: sorted numerically when every one is an integer, else as text."""
     if all(label.lstrip("-").isdigit() for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)
@@ -74,7 +75,7 @@ def load(cfg: DataConfig) -> DataSplits:
         raise KdistillError("data.root/download: a manifest lists its own files; set data.train/val/test instead")
     listed = {split: _rows(Path(getattr(cfg, split)).expanduser()) for split in ("train", "val", "test")
               if getattr(cfg, split)}
-    classes = _class_order({label for _, _, label in listed["train"]})
+    classes = class_order({label for _, _, label in listed["train"]})
     index = {name: i for i, name in enumerate(classes)}
     parts = {}
     for split, rows in listed.items():

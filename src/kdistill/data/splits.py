@@ -40,6 +40,7 @@ class DataSplits:
     test: Split
     classes: list[str]
     normalization: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what loading found (in memory or streamed), printed by the run
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -89,9 +89,10 @@ class ImageFiles:
             return torch.empty((0, *self.image_shape))
         return self._checked(_stack([dataset[i] for i in rows]))
 
-    def subset(self, index: torch.Tensor | Sequence[int]) -> "ImageFiles":
+    def subset(self, index: torch.Tensor | Sequence[int] | slice) -> "ImageFiles":
         """These images, still on disk."""
-        return ImageFiles([self.files[int(i)] for i in index], self.decode, self.image_shape, self.scale, self.shift,
+        rows = range(len(self))[index] if isinstance(index, slice) else index
+        return ImageFiles([self.files[int(i)] for i in rows], self.decode, self.image_shape, self.scale, self.shift,
                           self.workers, self.identity)
 
     def batches(self, chunks: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
