@@ -145,7 +145,7 @@ def test_a_manifest_loads_what_the_folder_holds(folder, tmp_path, fmt):
 
 @pytest.mark.parametrize("case,needle", [
     ("missing-file", "row 3: image not found"), ("unknown-label", "row 2: label 'wasp' is not one of train's"),
-    ("no-header", "must name the columns path and label"), ("bad-json", "row 1 is not JSON"),
+    ("no-header", "must name the columns path and label"), ("bad-json", "line 1: not JSON"),
     ("no-manifest", "manifest file not found"), ("empty", "no rows"),
 ])
 def test_bad_manifests_are_one_line(folder, tmp_path, capsys, case, needle):

@@ -20,6 +20,7 @@ from kdistill.data.imagefolder import image_splits
 from kdistill.data.manifest import class_order
 from kdistill.data.splits import DataSplits
 from kdistill.errors import KdistillError, first_line
+from kdistill.jsonl import load_dataset_dict
 
 VAL_NAMES = ("validation", "val", "valid", "dev")
 
@@ -61,19 +62,10 @@ def _class_names(train: Any, column: str) -> tuple[list[str], bool]:
 
 
 def load(cfg: DataConfig) -> DataSplits:
-    try:
-        import datasets
-    except ImportError:
-        raise KdistillError("data.name hf-disk needs the `datasets` package: pip install 'kdistill[text]'") from None
     if not cfg.root:
         raise KdistillError("data.root: hf-disk needs data.root, a folder written by DatasetDict.save_to_disk")
     root = Path(cfg.root).expanduser()
-    try:
-        loaded = datasets.load_from_disk(str(root))
-    except (FileNotFoundError, ValueError) as exc:
-        raise KdistillError(f"data.root {root}: not a saved Hugging Face dataset ({first_line(exc)})") from None
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise KdistillError(f"data.root {root}: a single Dataset; save a DatasetDict with train and validation splits")
+    loaded = load_dataset_dict(root, "train and validation")
     val = next((name for name in VAL_NAMES if name in loaded), None)
     if "train" not in loaded or val is None:
         raise KdistillError(f"data.root {root}: needs a train and a validation split (has {', '.join(loaded)})")

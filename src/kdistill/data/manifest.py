@@ -12,13 +12,13 @@ split). Decoding, sizes, greyscale/RGB, normalisation and `data.in_memory` are i
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from kdistill.config import DataConfig
 from kdistill.data.imagefolder import image_splits
 from kdistill.data.splits import DataSplits
 from kdistill.errors import KdistillError
+from kdistill.jsonl import jsonl_values
 
 MAX_ROWS = 50_000_000
 
@@ -31,13 +31,7 @@ def _rows(manifest: Path) -> list[tuple[int, str, str]]:
     try:
         with open(manifest, newline="", encoding="utf-8") as fh:
             if manifest.suffix.lower() in (".jsonl", ".json"):
-                for number, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        item = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise KdistillError(f"{manifest}: row {number} is not JSON ({exc.msg})") from None
+                for number, item in jsonl_values(fh, f"{manifest}:"):
                     if not isinstance(item, dict) or "path" not in item or "label" not in item:
                         raise KdistillError(f"{manifest}: row {number} needs \"path\" and \"label\" keys")
                     rows.append((number, str(item["path"]), str(item["label"])))

@@ -18,7 +18,6 @@ position t predicts `labels[t]`, and the block's last position has no label.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kdistill.digests import tensors_sha256
+from kdistill.jsonl import jsonl_values
 from kdistill.errors import KdistillError, first_line
 
 IGNORE = -100
@@ -140,13 +140,7 @@ def _read_jsonl(cfg: LMDataConfig) -> list[Document]:
     path = Path(cfg.root)
     docs = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KdistillError(f"data: {path} line {number}: not JSON ({exc.msg})") from None
+        for number, row in jsonl_values(handle, f"data: {path}"):
             docs.append(_document_of(row, cfg, f"data: {path} line {number}"))
     return docs
 

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdistill.errors import KdistillError, first_line
+from kdistill.errors import KdistillError
+from kdistill.jsonl import jsonl_values, load_dataset_dict
 
 SPLIT_FILES = {
     "csv": {"train": ["train.csv"], "val": ["validation.csv", "val.csv", "valid.csv", "dev.csv"], "test": ["test.csv"]},
@@ -99,13 +100,7 @@ def _rows_jsonl(path: Path, text_col: str, label_col: str) -> list[tuple[str, st
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise KdistillError(f"{path}: not UTF-8 text") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            raise KdistillError(f"{path}:{number}: not a JSON object") from None
+    for number, item in jsonl_values(lines, str(path)):
         if not isinstance(item, dict) or text_col not in item or label_col not in item:
             raise KdistillError(f"{path}:{number}: needs keys {text_col!r} and {label_col!r} (set data.text_column / data.label_column)")
         rows.append((str(item[text_col]), str(item[label_col])))
@@ -113,16 +108,8 @@ def _rows_jsonl(path: Path, text_col: str, label_col: str) -> list[tuple[str, st
 
 
 def _rows_hf_disk(root: Path, cfg: TextDataConfig) -> tuple[dict[str, list[tuple[str, str]]], list[str] | None]:
-    try:
-        import datasets
-    except ImportError:
-        raise KdistillError("data.format hf-disk needs the `datasets` package: pip install 'kdistill[text]'") from None
-    try:
-        loaded = datasets.load_from_disk(str(root))
-    except (FileNotFoundError, ValueError) as exc:
-        raise KdistillError(f"data.root {root}: not a saved Hugging Face dataset ({first_line(exc)})") from None
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise KdistillError(f"data.root {root}: a single Dataset; save a DatasetDict with train/validation/test splits")
+    loaded = load_dataset_dict(root, "train/validation/test")
+    import datasets  # importable: load_dataset_dict checked
     names = {"train": [cfg.train or "train"], "val": [cfg.val] if cfg.val else ["validation", "val", "valid", "dev"],
              "test": [cfg.test or "test"]}
     out: dict[str, list[tuple[str, str]]] = {}
