@@ -177,8 +177,7 @@ def image_splits(cfg: DataConfig, name: str, classes: list[str], parts: dict[str
     def split(name_: str) -> Split:
         if stream:
             files = lazy[name_]
-            return Split(ImageFiles(files.files, files.decode, files.image_shape, scale, shift, workers, files.identity),
-                         torch.from_numpy(labels_of[name_]))
+            return Split(files.with_changes(scale=scale, shift=shift), torch.from_numpy(labels_of[name_]))
         x = pixels[name_].transpose(0, 3, 1, 2).astype(np.float32)
         x *= scale
         x -= shift

@@ -92,18 +92,24 @@ class ImageFiles:
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> "ImageFiles":
         """These images, still on disk."""
         rows = range(len(self))[index] if isinstance(index, slice) else index
-        return ImageFiles([self.files[int(i)] for i in rows], self.decode, self.image_shape, self.scale, self.shift,
-                          self.workers, self.identity)
+        return self.with_changes(files=[self.files[int(i)] for i in rows])
 
-    def batches(self, chunks: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """The images of each index chunk, in order, decoded by `workers` processes (0: in this one)."""
-        loader = DataLoader(self._dataset(), batch_sampler=[c.tolist() for c in chunks], num_workers=self.workers,
-                            collate_fn=_stack, prefetch_factor=4 if self.workers else None)
+    def with_changes(self, **changes: object) -> "ImageFiles":
+        """A copy with some settings replaced (other files, another normalisation)."""
+        settings = {"files": self.files, "decode": self.decode, "image_shape": self.image_shape, "scale": self.scale,
+                    "shift": self.shift, "workers": self.workers, "identity": self.identity}
+        return ImageFiles(**{**settings, **changes})
+
+    def batches(self, chunks: Sequence[torch.Tensor | Sequence[int]], collate: Callable = None) -> Iterator:
+        """Each index chunk's images, in order, decoded by `workers` processes (0: in this one) and collated by
+        `collate` there (default: stacked into one tensor)."""
+        loader = DataLoader(self._dataset(), batch_sampler=[list(map(int, c)) for c in chunks], num_workers=self.workers,
+                            collate_fn=collate or _stack, prefetch_factor=4 if self.workers else None)
         for batch in loader:
             yield self._checked(batch)
 
     @staticmethod
-    def _checked(batch: torch.Tensor | str) -> torch.Tensor:
+    def _checked(batch: object) -> object:
         if isinstance(batch, str):
             raise KdistillError(batch)
         return batch
@@ -158,16 +164,12 @@ def stream_statistics(files: ImageFiles, batch_size: int = 256) -> tuple[np.ndar
     the freed float64 temporaries)."""
     channels = files.image_shape[0]
     unit = np.ones((channels, 1, 1), np.float32)
-    raw = _Decoded(files.files, files.decode, unit, 0 * unit)
-    n = len(files.files)
-    chunks = [list(range(start, min(n, start + batch_size))) for start in range(0, n, batch_size)]
-    loader = DataLoader(raw, batch_sampler=chunks, num_workers=files.workers, collate_fn=_channel_sums,
-                        prefetch_factor=4 if files.workers else None)
+    raw = files.with_changes(scale=unit, shift=0 * unit)
+    n = len(raw)
+    chunks = [range(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
     count, total, squares = 0, np.zeros(channels), np.zeros(channels)
-    for sums in loader:
-        if isinstance(sums, str):
-            raise KdistillError(sums)
-        count, total, squares = count + sums[0], total + sums[1], squares + sums[2]
+    for pixels, sums, sums_of_squares in raw.batches(chunks, collate=_channel_sums):
+        count, total, squares = count + pixels, total + sums, squares + sums_of_squares
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return mean / 255.0, std / 255.0
