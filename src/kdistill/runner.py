@@ -31,8 +31,8 @@ from kdistill.report import evaluate_model, report_row, write_report
 from kdistill.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
 from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
 from kdistill.tracking import check_installed, open_trackers
-from kdistill.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, load_teacher, print_notes,
-                               record_teacher, recorded_teacher)
+from kdistill.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, check_trained_on, load_teacher,
+                               print_notes, record_teacher, recorded_teacher)
 
 
 def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, data: DataSplits) -> None:
@@ -54,21 +54,6 @@ def _dry_run(student: nn.Module, method: Method, teacher: FrozenTeacher | None, 
         method.load_state_dict(method_state)
         student.zero_grad(set_to_none=True)
         method.zero_grad(set_to_none=True)
-
-
-def _check_fits(spec: dict[str, Any], data: DataSplits, who: str) -> None:
-    """A trained model (its model.json spec) must predict the data set's classes from its input shape."""
-    classes = list(spec.get("classes", []))
-    if len(classes) != data.num_classes:
-        raise KdistillError(
-            f"{who} predicts {len(classes)} classes but data set {data.name!r} has "
-            f"{data.num_classes}; use a model trained on the same classes"
-        )
-    if classes != data.classes:
-        raise KdistillError(f"{who} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
-    shape = tuple(spec.get("input_shape", ()))
-    if shape != data.input_shape:
-        raise KdistillError(f"{who} takes inputs {shape} but data set {data.name!r} gives {data.input_shape}")
 
 
 def _report_row(model: nn.Module, data: DataSplits, split: str, cfg: TrainRunConfig | DistillRunConfig, role: str,
@@ -322,7 +307,7 @@ def load_finished_run(run_dir: Path, data_overrides: dict[str, Any] | None = Non
     if data is None:
         data = load_dataset(with_data_overrides(cfg.data, data_overrides))
     model, spec = load_run_model(run_dir)
-    _check_fits(spec, data, str(run_dir))
+    check_trained_on(spec, data, str(run_dir))
     return cfg, data, model
 
 

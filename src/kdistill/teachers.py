@@ -159,6 +159,23 @@ def _external(model: nn.Module, spec: dict[str, Any], file: Path, kind: str, pre
     return teacher
 
 
+def check_trained_on(spec: dict[str, Any], data: DataSplits, who: str, input_shape: tuple[int, ...] | None = None,
+                     hint: str = "") -> None:
+    """A kdistill-trained model (its model.json spec) must predict the data set's classes from `input_shape`
+    (default: the data's own; a teacher's after teacher_input). `hint` ends the input-shape error."""
+    classes = list(spec.get("classes") or [])
+    if len(classes) != data.num_classes:
+        raise KdistillError(f"{who} predicts {len(classes)} classes but data set {data.name!r} has "
+                            f"{data.num_classes}; use a model trained on the same classes")
+    if classes != data.classes:
+        raise KdistillError(f"{who} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
+    wanted = tuple(input_shape or data.input_shape)
+    shape = tuple(spec.get("input_shape", ()))
+    if shape != wanted:
+        after = " after teacher_input" if wanted != tuple(data.input_shape) else ""
+        raise KdistillError(f"{who} takes inputs {shape} but data set {data.name!r} gives {wanted}{after}{hint}")
+
+
 def teacher_input_shape(teacher: FrozenTeacher, data: DataSplits) -> tuple[int, ...]:
     """The input shape the teacher sees: the data's, or what teacher_input turns it into."""
     adapted = teacher.spec.get("teacher_input")
@@ -176,19 +193,10 @@ def check_teacher_on_data(teacher: FrozenTeacher, data: DataSplits) -> list[str]
     accuracy on validation samples is printed, with a warning near chance (are its outputs in the data's
     class order?). Returns those lines, for the run to print once every other check has passed."""
     who = f"teacher {teacher.source or teacher.spec.get('name')}"
-    adapted = teacher.spec.get("teacher_input")
-    if teacher.run_dir is not None and teacher.spec.get("classes") != data.classes:
-        classes = list(teacher.spec.get("classes") or [])
-        if len(classes) != data.num_classes:
-            raise KdistillError(f"{who} predicts {len(classes)} classes but data set {data.name!r} has "
-                                f"{data.num_classes}; use a model trained on the same classes")
-        raise KdistillError(f"{who} was trained on classes {classes[:5]}... that differ from {data.name!r}'s {data.classes[:5]}...")
     trained = teacher.run_dir is not None  # a kdistill run directory, or an ensemble of them only
-    wanted = teacher_input_shape(teacher, data)
-    if trained and tuple(teacher.spec.get("input_shape", ())) != wanted:
-        raise KdistillError(f"{who} takes inputs {tuple(teacher.spec.get('input_shape', ()))} but data set {data.name!r} "
-                            f"gives {wanted}{' after teacher_input' if adapted else ''}; set teacher_input (size, "
-                            "channels, mean, std) to what it takes")
+    if trained:
+        check_trained_on(teacher.spec, data, who, teacher_input_shape(teacher, data),
+                         hint="; set teacher_input (size, channels, mean, std) to what it takes")
     param = next(iter(teacher.model.parameters()), None)
     probe = data.train.inputs[:2].to(param.device if param is not None else "cpu")
     try:
