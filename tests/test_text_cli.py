@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -307,3 +308,32 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(Path(path).read_text())
+
+
+def test_text_transfer_rows_unlabelled_learn_from_the_teacher_only(text_runs, text_data, tmp_path):
+    """data.labeled_samples and data.unlabeled on text: the rest and the file's texts join the training rows with
+    label -1 in a distill run (label term masked); a train run keeps only the same stratified labelled rows."""
+    from kdistill.text.data import TextDataConfig, load_text_splits
+
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"body": f"library for parsing data {i}"}) + "\n" for i in range(10)))
+    data = {**_data(text_data), "labeled_samples": 20, "unlabeled": {"path": str(extra), "text_column": "body"}}
+    full = load_text_splits(TextDataConfig(**_data(text_data)))
+    transfer = load_text_splits(TextDataConfig(**data))
+    alone = load_text_splits(TextDataConfig(**data), unlabeled=False)
+    assert len(transfer.train) == 96 + 10 and sum(r["label"] >= 0 for r in transfer.train) == 20
+    assert [r for r in transfer.train if r["label"] >= 0] == alone.train  # the same 20 labelled rows
+    assert all(r in full.train for r in alone.train) and sorted(Counter(r["label"] for r in alone.train).values()) == [5] * 4
+    assert transfer.train[-1] == {"text": "library for parsing data 9", "label": -1}
+
+    cfg = {"task": "text-classification", "name": "tr", "data": data, "teacher": str(text_runs["teacher"]),
+           "student": {"from_teacher": {"num_layers": 1}}, "distill": {"method": "kd"},
+           "train": {"epochs": 1, "lr": 1e-3, "device": "cpu"}, "out": str(tmp_path / "tr")}
+    result = run_cli("distill", str(write_yaml(tmp_path / "tr.yaml", cfg)), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "20 labelled and 86 unlabelled training rows" in result.stderr
+    line = json.loads((tmp_path / "tr" / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(line["ce"]) and math.isfinite(line["kd"])
+    refused = run_cli("distill", str(write_yaml(tmp_path / "tf.yaml", {**cfg, "distill": {"method": "tf_kd"},
+                                                                       "out": str(tmp_path / "tf")})), "-q")
+    assert refused.returncode == 2 and refused.stderr.count("kdistill: error:") == 1 and "86" in refused.stderr

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdistill import distributed, threads
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.data.splits import DataSplits, Split
+from kdistill.data.transfer import UNLABELED
 from kdistill.digests import tensors_sha256, weights_sha256
 from kdistill.engine import resolve_device, seed_everything
 from kdistill.errors import KdistillError, first_line
@@ -94,9 +95,11 @@ def dataset_splits(train: DataLike, val: DataLike, test: DataLike | None = None,
     top = max(int(labels.max()) for _, labels in parts.values() if labels.numel()) + 1
     names = [str(c) for c in names] or [str(i) for i in range(top)]
     for name, (_, labels) in parts.items():
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
+        lowest = UNLABELED if name == "train" else 0  # train may hold unlabelled transfer data (-1)
+        if labels.numel() and (int(labels.min()) < lowest or int(labels.max()) >= len(names)):
             raise KdistillError(f"{name}: labels run from {int(labels.min())} to {int(labels.max())}, outside the "
-                                f"{len(names)} classes 0..{len(names) - 1}")
+                                f"{len(names)} classes 0..{len(names) - 1}"
+                                + (" (-1 marks an unlabelled training sample)" if name == "train" else ""))
     digest = tensors_sha256(*parts["train"], *parts["val"], *parts["test"])[:16]
     splits = {name: Split(inputs, labels) for name, (inputs, labels) in parts.items()}
     return DataSplits(name=f"python-{digest}", classes=names, **splits)

@@ -31,6 +31,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class UnlabeledImages(_Strict):
+    """`data.unlabeled`: a folder of images without labels (any depth, no class folders), used as transfer data."""
+
+    root: str
+    limit: int | None = Field(None, gt=0, description="use only the first N images (in sorted path order)")
+
+
 class DataConfig(_Strict):
     """Which data set to load and how to batch it.
 
@@ -41,6 +48,9 @@ class DataConfig(_Strict):
     `image_size`: imagefolder only, resize every image to image_size x image_size.
     `train_samples`: train on a stratified subset of N training samples, the same N for every
     run and seed (a data budget, e.g. few labels); validation, test and normalisation unchanged.
+    `labeled_samples`: keep the labels of that same stratified N; in a distill run the other training
+    samples stay, unlabelled, as transfer data the student learns from the teacher only (dropped by train).
+    `unlabeled: {root: DIR}`: add DIR's images, unlabelled, to a distill run's training split.
     `in_memory` (imagefolder, manifest): `auto` holds the images in memory when the decoded training
     split fits in `memory_limit_mb`, else streams them from disk, decoded by `workers` DataLoader
     processes (default: the CPU count); `true`/`false` force it. `train`/`val`/`test`: a manifest's
@@ -53,6 +63,8 @@ class DataConfig(_Strict):
     download: bool = False
     image_size: int | None = Field(None, gt=0, le=4096)
     train_samples: int | None = Field(None, gt=0)
+    labeled_samples: int | None = Field(None, gt=0)
+    unlabeled: UnlabeledImages | None = None
     batch_size: int = Field(128, gt=0, le=MAX_BATCH)
     eval_batch_size: int = Field(512, gt=0, le=MAX_BATCH)
     augment: list[str] = Field(default_factory=list)

@@ -63,7 +63,8 @@ class Context:
         if not self.active:
             return batch, logits
         part = self.shard(batch.labels.shape[0])
-        return Batch(batch.inputs[part], batch.labels[part], batch.index[part]), None if logits is None else logits[part]
+        return batch._replace(inputs=batch.inputs[part], labels=batch.labels[part], index=batch.index[part]), \
+            None if logits is None else logits[part]
 
     def accuracy(self, correct: int, total: int, device: torch.device) -> float:
         """Correct predictions summed over the ranks, over `total` (the whole split's size)."""

@@ -74,12 +74,14 @@ class EpochMeter:
 
     sums: dict[str, float] = field(default_factory=dict)
     seen: int = 0
+    labeled: int = 0  # samples with a label (transfer data has none): the training accuracy's denominator
     correct: int = 0
     shard: dict[str, int] = field(default_factory=lambda: {"samples": 0, "index_sum": 0})
 
     def add(self, batch: Batch, student_logits: torch.Tensor, values: dict[str, float]) -> None:
         n = batch.labels.shape[0]
         self.seen += n
+        self.labeled += int((batch.labels >= 0).sum())
         self.correct += int((student_logits.detach().argmax(-1) == batch.labels).sum())
         for key, value in values.items():
             self.sums[key] = self.sums.get(key, 0.0) + value * n
@@ -89,13 +91,21 @@ class EpochMeter:
     def means(self) -> dict[str, float]:
         return {k: v / self.seen for k, v in self.sums.items()}
 
+    def counts(self) -> dict[str, float]:
+        """The training accuracy (on the labelled samples) and, when some had no label, both sample counts."""
+        accuracy = {"train_accuracy": self.correct / self.labeled if self.labeled else 0.0}
+        if self.labeled == self.seen:
+            return accuracy
+        return accuracy | {"labeled_samples": self.labeled, "unlabeled_samples": self.seen - self.labeled}
+
     def reduce(self, ctx: distributed.Context, device: torch.device) -> list[dict[str, int]] | None:
         """Sum over the processes (every process then holds the global meter); what each process trained on."""
         if not ctx.active:
             return None
         keys = sorted(self.sums)
-        totals = ctx.sum([self.sums[k] for k in keys] + [self.seen, self.correct], device)
-        self.sums, self.seen, self.correct = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])
+        totals = ctx.sum([self.sums[k] for k in keys] + [self.seen, self.labeled, self.correct], device)
+        self.sums = dict(zip(keys, totals[:-3]))
+        self.seen, self.labeled, self.correct = (int(t) for t in totals[-3:])
         return ctx.gather(dict(self.shard))
 
 
@@ -213,6 +223,7 @@ def fit(
                                                   drop_last=plan.drop_last)):
             batch, drawn = source.draw(batch, generator)  # every process draws the same global batch
             global_n = batch.labels.shape[0]
+            batch = batch._replace(labeled_share=float((batch.labels >= 0).sum()) / global_n)
             batch, drawn = _to_device(*ctx.keep_slice(batch, drawn), device)
             with autocast():
                 student_logits = student(batch.inputs)
@@ -241,7 +252,7 @@ def fit(
             ctx.broadcast_buffers(method)
         shards = meter.reduce(ctx, device)
         val_acc = _validation_accuracy(ctx, student, data, eval_batch_size, device)
-        record = {"epoch": epoch + 1, "lr": last_lr, **meter.means(), "train_accuracy": meter.correct / meter.seen,
+        record = {"epoch": epoch + 1, "lr": last_lr, **meter.means(), **meter.counts(),
                   "val_accuracy": val_acc, "seconds": train_seconds, "samples_per_s": meter.seen / train_seconds,
                   "threads": epoch_threads, **({"processes": shards} if shards else {})}
         improved = val_acc > best_acc
@@ -304,7 +315,7 @@ def _resume(ctx: distributed.Context, run_dir: Path, cfg: TrainConfig, seed: int
 def _to_device(batch: Batch, logits: torch.Tensor | None, device: torch.device) -> tuple[Batch, torch.Tensor | None]:
     if device.type == "cpu":
         return batch, logits
-    moved = Batch(batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True), batch.index)
+    moved = batch._replace(inputs=batch.inputs.to(device, non_blocking=True), labels=batch.labels.to(device, non_blocking=True))
     return moved, None if logits is None else logits.to(device, non_blocking=True)
 
 

@@ -7,6 +7,7 @@ is touched (data loads, models build, a dry forward pass of student, teacher and
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from kdistill import distributed, threads
 from kdistill.config import (DistillRunConfig, TrainRunConfig, dump_config, read_yaml, validate_config,
                              with_data_overrides)
 from kdistill.data import DataSplits, load_dataset
+from kdistill.data.transfer import drop_unlabeled, transfer_note
 from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
 from kdistill.checkpoint import BEST
@@ -25,7 +27,7 @@ from kdistill.engine import check_global_batch, fit, resolve_device, seed_everyt
 from kdistill.errors import KdistillError, first_line
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
-from kdistill.methods.base import check_task
+from kdistill.methods.base import check_labels, check_task
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, report_row, write_report
 from kdistill.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
@@ -146,7 +148,7 @@ def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = 
     """Train `cfg.model` on labels only; returns the test report row ({} on ranks other than 0 under torchrun)."""
     check_installed(cfg.train.log_to)
     distributed.init_from_env(resolve_device(cfg.train.device))
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, unlabeled=False)
     seed_everything(cfg.seed)
     model = build_model(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.num_classes, where="model")
     spec = model_spec(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.classes)
@@ -155,8 +157,16 @@ def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = 
 
 def train_model(cfg: TrainRunConfig, model: nn.Module, spec: dict[str, Any], data: DataSplits, *,
                 overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train an already built `model` (its model.json `spec`) on `data`'s labels: run_train's second half."""
-    return _train_and_report(cfg, model, spec, build_method("ce", {}), None, data, cfg.role, overwrite, progress)
+    """Train an already built `model` (its model.json `spec`) on `data`'s labels: run_train's second half.
+    Unlabelled training samples (transfer data) are left out: there is no teacher to learn them from."""
+    labeled = drop_unlabeled(data)
+    if len(labeled.train) < len(data.train) or cfg.data.unlabeled is not None:
+        left_out = len(data.train) - len(labeled.train)
+        note = (f"kdistill: data: train learns from labels only: {len(labeled.train):,} labelled training samples; "
+                f"{left_out:,} unlabelled ones left out"
+                + (" (data.unlabeled is used by distill runs only)" if cfg.data.unlabeled is not None else ""))
+        labeled = replace(labeled, notes=[*labeled.notes, note])
+    return _train_and_report(cfg, model, spec, build_method("ce", {}), None, labeled, cfg.role, overwrite, progress)
 
 
 def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher, data: DataSplits,
@@ -205,6 +215,10 @@ def distill_setup(cfg: DistillRunConfig, data: DataSplits | None = None,
     method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
     check_task(method, "vision")
     data = data if data is not None else load_dataset(cfg.data)
+    check_labels(method, data.train.labels)
+    note = transfer_note(data)
+    if note and note not in data.notes:
+        data = replace(data, notes=[*data.notes, note])
     if teacher is None and cfg.teacher is not None:
         teacher = _config_teacher(cfg, cfg.teacher, data, precision=cfg.distill.teacher_precision)
     if teacher is None:
@@ -305,7 +319,7 @@ def load_finished_run(run_dir: Path, data_overrides: dict[str, Any] | None = Non
     if data is not None and cfg.data.name != data.name:
         raise KdistillError(f"{run_dir} was trained on {cfg.data.name!r}, not {data.name!r}; compare runs of one data set")
     if data is None:
-        data = load_dataset(with_data_overrides(cfg.data, data_overrides))
+        data = load_dataset(with_data_overrides(cfg.data, data_overrides), unlabeled=False)
     model, spec = load_run_model(run_dir)
     check_trained_on(spec, data, str(run_dir))
     return cfg, data, model

@@ -146,7 +146,7 @@ class TeacherCache:
         if self.augmenter is not None:
             params = torch.from_numpy(np.asarray(self.params[index, view], dtype=np.int64))
             inputs = self.augmenter.apply(inputs, params)
-        return Batch(inputs, batch.labels, batch.index), self.stored_logits(index, view)
+        return batch._replace(inputs=inputs), self.stored_logits(index, view)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())

@@ -34,7 +34,7 @@ class TeacherSource:
         if self.cache is not None:
             return self.cache.targets(batch, generator)
         if self.augment is not None:
-            batch = Batch(self.augment(batch.inputs, generator), batch.labels, batch.index)
+            batch = batch._replace(inputs=self.augment(batch.inputs, generator))
         return batch, None
 
     def logits(self, inputs: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor | None:

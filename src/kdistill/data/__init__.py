@@ -7,15 +7,12 @@ as float32 (N, C, H, W) inputs and int64 labels, normalised at load time. docs/d
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable
-
-import torch
 
 from kdistill.config import DataConfig
 from kdistill.data import cifar, digits, hf_images, idx, imagefolder, manifest
-from kdistill.data.streaming import take
-from kdistill.data.splits import Batch, DataSplits, Split, iterate_batches, stratified_holdout
+from kdistill.data.splits import Batch, DataSplits, Split, iterate_batches
+from kdistill.data.transfer import UNLABELED, add_unlabeled_images, train_subset, unlabel_rest
 from kdistill.errors import KdistillError
 
 LOADERS: dict[str, Callable[[DataConfig], DataSplits]] = {
@@ -31,8 +28,10 @@ LOADERS: dict[str, Callable[[DataConfig], DataSplits]] = {
 IMAGE_FILES = ("imagefolder", "manifest", "hf-disk")  # read from image files: may stream (data.in_memory)
 
 
-def load_dataset(cfg: DataConfig) -> DataSplits:
-    """Load the data set named in `cfg` (all splits, in memory)."""
+def load_dataset(cfg: DataConfig, unlabeled: bool = True) -> DataSplits:
+    """Load the data set named in `cfg`, with its transfer data (kdistill.data.transfer): `data.labeled_samples`
+    unlabels the rest of the training split and `data.unlabeled` adds images, unless `unlabeled` is False (a run
+    that learns from labels only: then labeled_samples keeps only the labelled ones)."""
     loader = LOADERS.get(cfg.name)
     if loader is None:
         raise KdistillError(f"data.name: unknown data set {cfg.name!r} (known: {', '.join(sorted(LOADERS))})")
@@ -51,30 +50,12 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
                             "classifier needs at least 2")
     if cfg.train_samples is not None:
         splits = train_subset(splits, cfg.train_samples)
+    if cfg.labeled_samples is not None:
+        splits = unlabel_rest(splits, cfg.labeled_samples) if unlabeled else \
+            train_subset(splits, cfg.labeled_samples, "labeled_samples")
+    if cfg.unlabeled is not None and unlabeled:
+        splits = add_unlabeled_images(splits, cfg)
     return splits
 
 
-SUBSET_SEED = 0
-
-
-def train_subset(splits: DataSplits, n: int) -> DataSplits:
-    """Keep a stratified draw of `n` training samples (fixed seed: every run gets the same ones).
-
-    Validation, test and the normalisation (computed on the full training split) are unchanged,
-    so runs with and without a budget are measured alike and a teacher trained on all the data
-    still sees inputs normalised as it was trained.
-    """
-    total = len(splits.train)
-    if n >= total:
-        raise KdistillError(f"data.train_samples: {n} is not fewer than the {total} training samples of {splits.name} "
-                            "(remove data.train_samples to use them all)")
-    if n < splits.num_classes:
-        raise KdistillError(f"data.train_samples: {n} is fewer than the {splits.num_classes} classes of {splits.name}")
-    _, keep = stratified_holdout(splits.train.labels.numpy(), n, SUBSET_SEED)
-    index = torch.from_numpy(keep)
-    train = Split(take(splits.train.inputs, index), splits.train.labels[index])
-    normalization = {**splits.normalization, "train_samples": f"{n} of {total} (stratified, seed {SUBSET_SEED})"}
-    return replace(splits, train=train, normalization=normalization)
-
-
-__all__ = ["Batch", "DataSplits", "Split", "iterate_batches", "load_dataset", "train_subset", "LOADERS"]
+__all__ = ["Batch", "DataSplits", "Split", "iterate_batches", "load_dataset", "train_subset", "LOADERS", "UNLABELED"]

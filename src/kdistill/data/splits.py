@@ -12,11 +12,16 @@ from kdistill.data.streaming import ImageFiles, is_streamed
 
 
 class Batch(NamedTuple):
-    """One mini-batch: inputs, integer labels, and the samples' indices in their split."""
+    """One mini-batch: inputs, integer labels (-1: unlabelled, kdistill.data.transfer), and the samples' indices
+    in their split. `labeled_share` is the share of the global batch (all processes together) that carries
+    labels, set by the engine; label terms divide their sum by (samples here x labeled_share), which is the
+    mean over the global batch's labelled samples once the processes' gradients are averaged. None: this
+    batch's own share (the mean over its labelled samples)."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor
+    labeled_share: float | None = None
 
 
 @dataclass

@@ -119,6 +119,7 @@ class ImageFiles:
         them: the teacher cache's data hash for a streamed split."""
         digest = hashlib.sha256(f"{self.identity}|{self.image_shape}|{self.scale.tolist()}|{self.shift.tolist()}".encode())
         for item in self.files:
+            item = getattr(item, "path", item)  # data.unlabeled's files (kdistill.data.transfer.Unlabeled)
             if isinstance(item, Path):
                 stat = os.stat(item)
                 digest.update(f"{item}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

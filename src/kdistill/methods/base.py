@@ -39,6 +39,9 @@ class Method(nn.Module):
     # The tasks whose models the method can read: "vision" (kdistill's engine: zoo, timm, torchvision models;
     # feature methods hook their modules) and "text" (Hugging Face classifiers through DistillationTrainer).
     tasks: ClassVar[tuple[str, ...]] = ("vision",)
+    # Why the method cannot learn from unlabelled training samples (transfer data), or None: a teacher-free
+    # method has nothing else to learn from on them.
+    needs_every_label: ClassVar[str | None] = None
 
     def __init__(self, params: MethodParams):
         super().__init__()
@@ -65,11 +68,28 @@ class Method(nn.Module):
         return [self]
 
 
-def label_term(student_logits: torch.Tensor, labels: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
-    """{"ce": weight · cross-entropy} in float32, or {} when the weight is 0 (a zero term is left out, not computed)."""
+def labeled_cross_entropy(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy (float32) over the batch's labelled samples; unlabelled ones (label -1, transfer data) add
+    nothing. The sum is divided by (samples here x `batch.labeled_share`): the mean over the labelled samples,
+    of the global batch once the processes' gradients are averaged (kdistill.engine; without a share, of this
+    batch). A batch without labels gives 0, with the graph kept."""
+    labels = batch.labels
+    labeled = labels >= 0
+    share = batch.labeled_share if batch.labeled_share is not None else float(labeled.float().mean())
+    if share == 1.0 and bool(labeled.all()):  # every sample labelled: the plain mean
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    if share <= 0 or not bool(labeled.any()):
+        return logits.float().sum() * 0.0
+    total = F.cross_entropy(logits.float()[labeled], labels[labeled], reduction="sum", label_smoothing=label_smoothing)
+    return total / (labels.shape[0] * share)
+
+
+def label_term(student_logits: torch.Tensor, batch: Batch, weight: float) -> dict[str, torch.Tensor]:
+    """{"ce": weight · cross-entropy on the labelled samples} in float32, or {} when the weight is 0 (a zero
+    term is left out, not computed)."""
     if weight <= 0:
         return {}
-    return {"ce": weight * F.cross_entropy(student_logits.float(), labels)}
+    return {"ce": weight * labeled_cross_entropy(student_logits, batch)}
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -88,6 +108,18 @@ def check_task(method: Method, task: str, where: str = "distill.method") -> None
             raise KdistillError(f"{where}: method {member.name!r} runs on {' and '.join(member.tasks)} tasks only "
                                 f"(not {task}); logit methods run on every task: "
                                 + ", ".join(sorted(n for n, c in METHODS.items() if task in c.tasks)))
+
+
+def check_labels(method: Method, labels: torch.Tensor) -> None:
+    """One line when the training labels hold unlabelled samples (-1) and `method` (or a term) needs every label."""
+    unlabeled = int((labels < 0).sum())
+    if not unlabeled:
+        return
+    for member in method.members():
+        if member.needs_every_label:
+            raise KdistillError(f"distill.method {member.name!r} {member.needs_every_label}, and {unlabeled:,} training "
+                                "samples are unlabelled (data.labeled_samples / data.unlabeled); use a method that "
+                                "learns from a teacher (kd, dkd, dist, ...)")
 
 
 def build_method(name: str, raw_params: dict[str, Any], where: str = "distill") -> Method:

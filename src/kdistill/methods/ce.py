@@ -4,12 +4,11 @@ on the next tokens."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from kdistill.data.splits import Batch
 from kdistill.losses.tokens import TokenStates, token_terms
-from kdistill.methods.base import Method, MethodParams, register
+from kdistill.methods.base import Method, MethodParams, labeled_cross_entropy, register
 
 
 class CEParams(MethodParams):
@@ -29,4 +28,4 @@ class CrossEntropy(Method):
                 teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if isinstance(student_logits, TokenStates):  # a causal LM: the next-token CE, chunk by chunk
             return {"ce": token_terms(student_logits, None, None, label_smoothing=self.params.label_smoothing)[0]}
-        return {"ce": F.cross_entropy(student_logits.float(), batch.labels, label_smoothing=self.params.label_smoothing)}
+        return {"ce": labeled_cross_entropy(student_logits, batch, self.params.label_smoothing)}

@@ -1,6 +1,6 @@
 """Decoupled KD (Zhao et al., CVPR 2022): CE + warm-up · DKD(α·TCKD + β·NCKD, T²).
 
-As in the paper, the DKD term is ramped up linearly over the first `warmup_epochs`
+On unlabelled samples (transfer data) the target class is the teacher's top class. As in the paper, the DKD term is ramped up linearly over the first `warmup_epochs`
 (factor min((epoch + 1) / warmup_epochs, 1); the paper uses 20 of 240 epochs). For short
 runs lower it, or set 0 to disable.
 """
@@ -39,4 +39,6 @@ class DKD(LogitMethod):
     def distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                 labels: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
+        if bool((labels < 0).any()):  # unlabelled transfer data: the teacher's class is the target class
+            labels = torch.where(labels >= 0, labels, teacher_logits.argmax(-1))
         return {"dkd": self.ramp * dkd_loss(student_logits, teacher_logits, labels, p.alpha, p.beta, p.temperature)}

@@ -17,14 +17,13 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
 from kdistill.losses import kd_loss
-from kdistill.methods.base import Method, MethodParams, register
+from kdistill.methods.base import Method, MethodParams, labeled_cross_entropy, register
 from kdistill.models import build_model
 
 
@@ -66,8 +65,8 @@ class DML(Method):
         p = self.params
         peer_logits = self.peer(batch.inputs)
         return {
-            "ce": F.cross_entropy(student_logits.float(), batch.labels),
+            "ce": labeled_cross_entropy(student_logits, batch),
             "dml": p.weight * kd_loss(student_logits, peer_logits.detach(), p.temperature),
-            "peer_ce": F.cross_entropy(peer_logits.float(), batch.labels),
+            "peer_ce": labeled_cross_entropy(peer_logits, batch),
             "peer_dml": p.weight * kd_loss(peer_logits, student_logits.detach(), p.temperature),
         }

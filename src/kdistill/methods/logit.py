@@ -37,6 +37,6 @@ class LogitMethod(Method):
         raise TypeError(f"{type(self).__name__} must implement distill()")
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        terms = label_term(student_logits, batch.labels, self.ce_weight())
+        terms = label_term(student_logits, batch, self.ce_weight())
         terms.update(self.distill(student_logits, teacher_logits, batch.labels))
         return terms

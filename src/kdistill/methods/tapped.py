@@ -121,4 +121,4 @@ class TappedMethod(Method):
             raise RuntimeError(f"method {self.name!r} was not bound to its models (call bind first)")
         s = [self._student_taps.get(name) for name, _ in self.pairs]
         t = [self._teacher_taps.get(name, frozen=True) for _, name in self.pairs]
-        return label_term(student_logits, batch.labels, self.params.ce_weight) | self.feature_terms(batch, s, t)
+        return label_term(student_logits, batch, self.params.ce_weight) | self.feature_terms(batch, s, t)

@@ -39,6 +39,7 @@ class TFKD(LogitMethod):
     name = "tf_kd"
     Params = TFKDParams
     needs_teacher = False
+    needs_every_label = "builds its virtual teacher from each sample's label"
 
     def ce_weight(self) -> float:
         return 1.0 - self.params.alpha

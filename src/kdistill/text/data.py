@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from kdistill.data.splits import stratified_holdout
+from kdistill.data.transfer import SUBSET_SEED, UNLABELED
 from kdistill.errors import KdistillError
 from kdistill.jsonl import jsonl_values, load_dataset_dict
 
@@ -25,13 +28,25 @@ SPLIT_FILES = {
 }
 
 
+class UnlabeledTexts(BaseModel):
+    """`data.unlabeled`: a CSV (with a header) or JSONL file of texts without labels, used as transfer data."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    path: str
+    text_column: str = "text"
+    limit: int | None = Field(None, gt=0, description="use only the first N texts")
+
+
 class TextDataConfig(BaseModel):
     """`data` of a text-classification run.
 
     `format`: csv | jsonl (files `train`, `val`, `test` in `root`; defaults train.csv,
     validation.csv or val.csv, test.csv) | hf-disk (`datasets.save_to_disk` folder with
     train/validation/test) | clinc150 (`root/data_full.json`; `include_oos` adds the
-    out-of-scope class, as CLINC150 "plus" does).
+    out-of-scope class, as CLINC150 "plus" does). `labeled_samples`: keep the labels of a fixed
+    stratified N training rows; a distill run keeps the others as unlabelled transfer data (the student
+    learns them from the teacher only), a train run drops them. `unlabeled: {path: FILE}` adds FILE's texts,
+    unlabelled, to a distill run's training rows (kdistill.data.transfer).
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -49,6 +64,8 @@ class TextDataConfig(BaseModel):
     eval_batch_size: int = Field(128, gt=0)
     limit: int | None = Field(None, gt=0, description="use N evenly spaced rows of each split (quick runs)")
     train_limit: int | None = Field(None, gt=0, description="use N evenly spaced training rows; validation and test stay whole")
+    labeled_samples: int | None = Field(None, gt=0)
+    unlabeled: UnlabeledTexts | None = None
 
 
 @dataclass
@@ -148,8 +165,56 @@ def _rows_clinc(root: Path, include_oos: bool) -> dict[str, list[tuple[str, str]
     return out
 
 
-def load_text_splits(cfg: TextDataConfig) -> TextSplits:
-    """Read the three splits; map labels to ids (sorted names of the training split unless `labels` is given)."""
+def _unlabeled_texts(cfg: UnlabeledTexts) -> list[str]:
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise KdistillError(f"data.unlabeled.path: {path} not found")
+    texts: list[str] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            if path.suffix.lower() in (".jsonl", ".json"):
+                for number, item in jsonl_values(fh, str(path)):
+                    if not isinstance(item, dict) or cfg.text_column not in item:
+                        raise KdistillError(f"{path}:{number}: needs the key {cfg.text_column!r} (set data.unlabeled.text_column)")
+                    texts.append(str(item[cfg.text_column]))
+            else:
+                reader = csv.DictReader(fh)
+                if cfg.text_column not in (reader.fieldnames or []):
+                    raise KdistillError(f"{path}: no column {cfg.text_column!r} (columns: "
+                                        f"{', '.join(reader.fieldnames or []) or 'none'}); set data.unlabeled.text_column")
+                texts = [row[cfg.text_column] or "" for row in reader]
+    except UnicodeDecodeError:
+        raise KdistillError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise KdistillError(f"{path}: malformed CSV ({exc})") from None
+    texts = texts[: cfg.limit] if cfg.limit else texts
+    if not texts:
+        raise KdistillError(f"data.unlabeled.path: {path} holds no texts")
+    return texts
+
+
+def with_transfer_rows(splits: TextSplits, cfg: TextDataConfig, unlabeled: bool) -> TextSplits:
+    """`labeled_samples` and `unlabeled` applied (kdistill.data.transfer): the rest unlabelled (label -1) and
+    the file's texts added when `unlabeled`, else only the labelled rows kept."""
+    train = splits.train
+    if cfg.labeled_samples is not None:
+        if cfg.labeled_samples >= len(train):
+            raise KdistillError(f"data.labeled_samples: {cfg.labeled_samples} is not fewer than the {len(train)} "
+                                "training rows (remove it to use them all)")
+        if cfg.labeled_samples < len(splits.labels):
+            raise KdistillError(f"data.labeled_samples: {cfg.labeled_samples} is fewer than the {len(splits.labels)} classes")
+        _, keep = stratified_holdout(np.array([row["label"] for row in train]), cfg.labeled_samples, SUBSET_SEED)
+        kept = set(keep.tolist())
+        train = [row if i in kept else {**row, "label": UNLABELED} for i, row in enumerate(train)] if unlabeled \
+            else [train[i] for i in keep]
+    if cfg.unlabeled is not None and unlabeled:
+        train = train + [{"text": text, "label": UNLABELED} for text in _unlabeled_texts(cfg.unlabeled)]
+    return replace(splits, train=train)
+
+
+def load_text_splits(cfg: TextDataConfig, unlabeled: bool = True) -> TextSplits:
+    """Read the three splits; map labels to ids (sorted names of the training split unless `labels` is given);
+    add the transfer rows (`labeled_samples`, `unlabeled`) unless `unlabeled` is False (labels only)."""
     root = Path(cfg.root)
     if not root.exists():
         raise KdistillError(f"data.root: {root} not found")
@@ -181,4 +246,5 @@ def load_text_splits(cfg: TextDataConfig) -> TextSplits:
             raise KdistillError(f"data: the {split} split has label(s) {', '.join(map(repr, unknown[:3]))} that are not in "
                                 f"{'data.labels' if cfg.labels else 'the training split'}")
     splits = {split: [{"text": t, "label": index[y]} for t, y in rows] for split, rows in raw.items()}
-    return TextSplits(name=root.name, train=splits["train"], val=splits["val"], test=splits["test"], labels=labels)
+    loaded = TextSplits(name=root.name, train=splits["train"], val=splits["val"], test=splits["test"], labels=labels)
+    return with_transfer_rows(loaded, cfg, unlabeled)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 
 from kdistill import distributed, threads
 from kdistill.config import dump_config, load_config
+from kdistill.data.transfer import UNLABELED
+from kdistill.methods.base import check_labels
 from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, finished_hf_run_config, prepare_run_dir, save_into, write_owned_text
@@ -336,7 +339,7 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
     from transformers import DataCollatorWithPadding, set_seed
 
     ctx = join_processes(cfg)
-    data = load_text_splits(cfg.data)
+    data = load_text_splits(cfg.data, unlabeled=False)
     source = _hf_path(cfg.model, "model")
     set_seed(cfg.seed)
     model, tokenizer = load_classifier(source, "model", labels=data.labels)
@@ -378,6 +381,11 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
     ctx = join_processes(cfg)
     data = load_text_splits(cfg.data)
+    unlabeled = sum(row["label"] == UNLABELED for row in data.train)
+    check_labels(method, torch.tensor([row["label"] for row in data.train]))
+    if unlabeled and ctx.is_main:
+        print(f"kdistill: data: {len(data.train) - unlabeled:,} labelled and {unlabeled:,} unlabelled training rows (the "
+              "unlabelled ones learn from the teacher only)", file=sys.stderr)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
     teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
     _check_teacher(teacher, teacher_dir, data)
@@ -416,7 +424,7 @@ def load_finished_text_run(run_dir: Path, then: str = "evaluate it",
     (eval mode, CPU) and tokenizer."""
     require_text_extra()
     cfg = finished_hf_run_config(run_dir, TextTrainRunConfig, TextDistillRunConfig, then, data_overrides)
-    data = load_text_splits(cfg.data)
+    data = load_text_splits(cfg.data, unlabeled=False)
     model, tokenizer = load_classifier(run_dir, str(run_dir))
     if _labels_of(model) != data.labels:
         raise KdistillError(f"{run_dir}: the model's labels differ from its data set's ({cfg.data.root}); was the data changed?")
