@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming bench-transfer
 
 venv: $(STAMP)
 
@@ -49,3 +49,6 @@ bench: bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
+
+bench-transfer: $(STAMP)
+	$(BIN)/python benchmarks/transfer.py
