@@ -198,6 +198,24 @@ def test_compare_writes_table_page_and_plots(runs, tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_compare_draws_runs_that_differ_only_by_seed_as_one_group(runs, tmp_path):
+    from kdistill.runner import read_run_config
+
+    other = read_run_config(runs["student"]).model_dump(mode="json") | {"seed": 1, "out": str(tmp_path / "student-seed1")}
+    run_train(validate_config(other, TrainRunConfig), progress=False)
+    out = tmp_path / "cmp"
+    result = run_cli("compare", str(runs["student"]), str(tmp_path / "student-seed1"), str(runs["distilled"]),
+                     "--out", str(out), "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "compare.json").read_text())
+    groups = {g["group"]: g for g in report["groups"] if g["variant"] == "pytorch"}
+    assert groups["student"]["runs"] == ["student", "student-seed1"] and groups["distilled"]["runs"] == ["distilled"]
+    seeds = [r["accuracy"] for r in report["rows"] if r["group"] == "student" and r["variant"] == "pytorch"]
+    assert groups["student"]["accuracy_mean"] == pytest.approx(sum(seeds) / 2)
+    assert "Runs that differ only by seed" in (out / "compare.md").read_text()
+    assert (out / "tradeoff.png").is_file() and (out / "curves.png").is_file()
+
+
 def test_compare_expands_a_folder_of_runs(runs, tmp_path):
     out = tmp_path / "cmp"
     result = run_cli("compare", str(runs["teacher"].parent), "--out", str(out), "--repeats", "3", "--no-plots")

@@ -35,6 +35,7 @@ from kdistill.report import calibration, format_size, summarize_times
 from kdistill.ownership import FILE, MANIFEST, Owned
 from kdistill.rundir import is_run_dir, write_owned_text
 from kdistill.samples import Batch, TensorSamples, TextSamples
+from kdistill.seed_groups import group_rows, seed_groups
 
 
 
@@ -206,9 +207,11 @@ def compare_runs(paths: list[str | Path], *, open_run: Callable[..., Any], role_
     for row, times in zip(rows, _time_interleaved(rows, bigs, max(3, repeats // 10), warmup=1)):
         row.result["throughput_per_s"] = {"batch": size, "value": size / (statistics.median(times) / 1000.0), "threads": threads}
 
+    groups = seed_groups(runs, run_names(runs))
     table = []
     for row in rows:
-        entry = {"run": row.run, "label": row.label, "run_dir": str(row.run_dir), "role": row.role, "variant": row.variant,
+        entry = {"run": row.run, "group": groups[row.run], "label": row.label, "run_dir": str(row.run_dir),
+                 "role": row.role, "variant": row.variant,
                  "file": str(row.predictor.path), "params": row.params, "size_bytes": row.predictor.size_bytes, **row.result}
         if reference is not None:
             ref = reference.result
@@ -217,7 +220,8 @@ def compare_runs(paths: list[str | Path], *, open_run: Callable[..., Any], role_
                                    "accuracy_delta_points": 100 * (entry["accuracy"] - ref["accuracy"])}
         table.append(entry)
     result = {"dataset": first.dataset, "split": split, "samples": len(labels), "threads": threads, "repeats": repeats,
-              "teacher": reference.label if reference is not None else None, "rows": table, "skipped": skipped,
+              "teacher": reference.label if reference is not None else None, "rows": table,
+              "groups": group_rows(table), "skipped": skipped,
               "command": "kdistill compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else None}
     _write_outputs(result, curves, out, plots, log)
     return result
@@ -249,11 +253,28 @@ def markdown_table(result: dict[str, Any]) -> str:
                  "-" if vs is None else f"{vs['times_smaller']:.1f}", "-" if vs is None else f"{vs['times_faster']:.1f}",
                  "-" if vs is None else f"{vs['accuracy_delta_points']:+.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _group_table(result)
     lines += ["", f"{result['split']} split: {result['samples']} samples of {result['dataset']}. Latency: median (p10-p90) of "
               f"{result['repeats']} batch-1 passes per model on a real sample, interleaved across models, "
               f"{result['threads']} thread(s); throughput at batch {result['rows'][0]['throughput_per_s']['batch']}. "
               f"ECE: expected calibration error, 15 bins. Ratios are to the teacher ({result['teacher'] or 'none given'})."]
     return "\n".join(lines)
+
+
+def _group_table(result: dict[str, Any]) -> list[str]:
+    """Runs that differ only by seed, as mean ± std (kdistill.seed_groups), when some group has several runs."""
+    groups = result.get("groups") or []
+    if not any(len(g["runs"]) > 1 for g in groups):
+        return []
+    lines = ["", f"Runs that differ only by seed ({result['split']} accuracy and batch-1 latency, mean ± std over the seeds):", "",
+             "| group | role | format | runs | accuracy | latency b=1 ms | size |", "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        several = len(g["runs"]) > 1
+        accuracy = f"{100 * g['accuracy_mean']:.2f}" + (f" ± {100 * g['accuracy_std']:.2f}" if several else "") + "%"
+        latency = f"{g['latency_ms_mean']:.3f}" + (f" ± {g['latency_ms_std']:.3f}" if several else "")
+        lines.append(f"| {g['group']} | {g['role']} | {g['variant']} | {len(g['runs'])} | {accuracy} | {latency} | "
+                     f"{format_size(int(g['size_bytes']))} |")
+    return lines
 
 
 def _html_page(result: dict[str, Any], images: list[Path]) -> str:
@@ -302,7 +323,8 @@ def _write_outputs(result: dict[str, Any], curves: dict[str, list[dict[str, Any]
                                                                      "(bubble area ∝ size on disk)")),
                     ("reliability.png", lambda p: plotting.plot_reliability([r for r in result["rows"] if r["variant"] == "pytorch"], p))]
         if any(curves.values()):
-            pictures.append(("curves.png", lambda p: plotting.plot_curves(curves, p)))
+            groups = {r["run"]: r["group"] for r in result["rows"]}
+            pictures.append(("curves.png", lambda p: plotting.plot_curves(curves, p, groups)))
         for name, draw in pictures:
             tmp = owned.path(f".{name}.tmp.png")
             draw(tmp)
