@@ -337,3 +337,19 @@ def test_text_transfer_rows_unlabelled_learn_from_the_teacher_only(text_runs, te
     refused = run_cli("distill", str(write_yaml(tmp_path / "tf.yaml", {**cfg, "distill": {"method": "tf_kd"},
                                                                        "out": str(tmp_path / "tf")})), "-q")
     assert refused.returncode == 2 and refused.stderr.count("kdistill: error:") == 1 and "86" in refused.stderr
+
+
+def test_text_baseline_trains_the_same_student_alone(text_runs, text_data, tmp_path):
+    """--baseline on a text config: the alone student is built from the teacher's layers like the distilled one,
+    trained on labels only (method ce), and reported as a student."""
+    cfg = {"task": "text-classification", "name": "tb", "data": _data(text_data), "teacher": str(text_runs["teacher"]),
+           "student": {"from_teacher": {"num_layers": 1}}, "distill": {"method": "kd"},
+           "train": {"epochs": 1, "lr": 1e-3, "device": "cpu"}, "out": str(tmp_path / "tb")}
+    result = run_cli("distill", str(write_yaml(tmp_path / "tb.yaml", cfg)), "--baseline", "--seeds", "1", "-q")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "tb" / "report.json").read_text())["rows"]
+    assert [r["role"] for r in rows] == ["teacher", "student", "distilled"]
+    alone = json.loads((tmp_path / "tb" / "alone-seed0" / "report.json").read_text())["rows"][0]
+    assert alone["role"] == "student" and rows[1]["accuracy"] == alone["accuracy"]
+    assert "ce" in json.loads((tmp_path / "tb" / "alone-seed0" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (tmp_path / "tb" / "compare" / "compare.md").is_file()

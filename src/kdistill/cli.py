@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="dotted overrides of config keys")
         p.add_argument("--overwrite", action="store_true", help="replace a finished (or different unfinished) run in `out`")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+        if name == "distill":
+            p.add_argument("--baseline", action="store_true",
+                           help="also train the same student on labels alone (same budget and seeds), and write the "
+                                "teacher / alone / distilled table and pictures; `out` becomes a folder of the runs")
+            p.add_argument("--seeds", type=int, default=None, metavar="N",
+                           help="with --baseline: seeds `seed` .. `seed`+N-1 (default 3)")
 
     c_text = "precompute the teacher's logits (distill.cache: views, top_k, dir) for a distill config"
     c = sub.add_parser("cache-teacher", help=c_text, description=c_text + ". `kdistill distill` reads the cache with "
@@ -151,6 +157,17 @@ def _cmd_train_or_distill(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     task, cfg = tasks.load(args.config, args.overrides, args.command)
+    if getattr(args, "seeds", None) is not None and not args.baseline:
+        raise KdistillError("--seeds goes with --baseline (a single distill run has the config's one seed)")
+    if getattr(args, "baseline", False):
+        from kdistill.baseline import run_baseline
+
+        result = run_baseline(task, cfg, args.seeds or 3, overwrite=args.overwrite, progress=not args.quiet,
+                              log=lambda line: print(line, file=sys.stderr))
+        if result:
+            print((Path(cfg.out) / "report.md").read_text().rstrip())
+            print(f"\nbaseline in {cfg.out}  ({time.perf_counter() - t0:.1f} s)")
+        return
     row = task.run(args.command, cfg, overwrite=args.overwrite, progress=not args.quiet)
     if not row:  # a process other than rank 0 under torchrun: rank 0 reports
         return

@@ -303,6 +303,17 @@ class DistillRunConfig(_RunConfig):
     sweep: SweepConfig | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")
 
 
+def run_role(config: BaseModel | dict[str, Any], default: str = "teacher") -> str:
+    """teacher | student for train configs (their `role`, else `default`); for distill configs (they name a
+    `student`) "distilled", or "student" when the method is plain `ce` with no terms: the student trained on
+    labels alone through the distill path (`kdistill distill --baseline`), whatever the task."""
+    raw = config if isinstance(config, dict) else config.model_dump(mode="json")
+    if "student" not in raw:
+        return str(raw.get("role") or default)
+    distill = raw.get("distill") if isinstance(raw.get("distill"), dict) else {}
+    return "student" if distill.get("method") == "ce" and not distill.get("terms") else "distilled"
+
+
 def config_sha256(config: BaseModel) -> str:
     """Hash of the resolved config (canonical JSON), recorded in reports."""
     text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -92,8 +92,9 @@ class EpochMeter:
         return {k: v / self.seen for k, v in self.sums.items()}
 
     def counts(self) -> dict[str, float]:
-        """The training accuracy (on the labelled samples) and, when some had no label, both sample counts."""
-        accuracy = {"train_accuracy": self.correct / self.labeled if self.labeled else 0.0}
+        """The training accuracy (on the labelled samples), the samples trained on and, when some had no label,
+        both counts."""
+        accuracy = {"train_accuracy": self.correct / self.labeled if self.labeled else 0.0, "samples": self.seen}
         if self.labeled == self.seen:
             return accuracy
         return accuracy | {"labeled_samples": self.labeled, "unlabeled_samples": self.seen - self.labeled}

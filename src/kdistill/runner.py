@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from kdistill import distributed, threads
-from kdistill.config import (DistillRunConfig, TrainRunConfig, dump_config, read_yaml, validate_config,
+from kdistill.config import (DistillRunConfig, TrainRunConfig, dump_config, read_yaml, run_role, validate_config,
                              with_data_overrides)
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.transfer import drop_unlabeled, transfer_note
@@ -27,7 +27,7 @@ from kdistill.engine import check_global_batch, fit, resolve_device, seed_everyt
 from kdistill.errors import KdistillError, first_line
 from kdistill.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
-from kdistill.methods.base import check_labels, check_task
+from kdistill.methods.base import check_labels, check_task, learns_from_unlabeled
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.report import evaluate_model, report_row, write_report
 from kdistill.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
@@ -214,7 +214,9 @@ def distill_setup(cfg: DistillRunConfig, data: DataSplits | None = None,
     against each other."""
     method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
     check_task(method, "vision")
-    data = data if data is not None else load_dataset(cfg.data)
+    data = data if data is not None else load_dataset(cfg.data, unlabeled=learns_from_unlabeled(method))
+    if not learns_from_unlabeled(method):  # plain CE: the unlabelled samples (given in Python) would add nothing
+        data = drop_unlabeled(data)
     check_labels(method, data.train.labels)
     note = transfer_note(data)
     if note and note not in data.notes:
@@ -262,7 +264,7 @@ def distill_student(cfg: DistillRunConfig, student: nn.Module, spec: dict[str, A
     get_cache = None
     if cfg.distill.teacher_outputs == "cached" and teacher is not None and method.needs_teacher:
         get_cache = lambda augment: _teacher_cache(cfg, method, teacher, data, augment, progress=progress)  # noqa: E731
-    return _train_and_report(cfg, student, spec, method, teacher, data, "distilled", overwrite, progress, get_cache,
+    return _train_and_report(cfg, student, spec, method, teacher, data, run_role(cfg), overwrite, progress, get_cache,
                              on_epoch_end)
 
 
@@ -329,7 +331,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_overrides: di
     """Re-evaluate a finished run on a split (accuracy + efficiency); writes report.json or report-<split>.json."""
     run_dir = Path(run_dir)
     cfg, data, model = load_finished_run(run_dir, data_overrides, "evaluate")
-    teacher, role = None, "distilled"
+    teacher, role = None, run_role(cfg)
     if isinstance(cfg, DistillRunConfig):
         record = recorded_teacher(run_dir)
         recorded = record["path"] if record else None

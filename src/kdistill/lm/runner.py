@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from kdistill import threads
-from kdistill.config import load_config
+from kdistill.config import load_config, run_role
 from kdistill.digests import weights_sha256
 from kdistill.errors import KdistillError
 from kdistill.lm.config import TASK, LMDistillRunConfig, LMTrainRunConfig
@@ -215,7 +215,7 @@ def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress
     record = {"path": str(teacher_dir.resolve()), "weights_sha256": teacher_sha256} | ({"cache": str(cache.path.resolve()),
                                                      "cache_bytes_per_token": cache.bytes_per_token} if cache else {})
     write_owned_text(out, TEACHER_RECORD, json.dumps(record, indent=2) + "\n")
-    row = _report(cfg, student, student_tok, data, "test", out, "distilled", teacher, cfg.distill.chunk_tokens,
+    row = _report(cfg, student, student_tok, data, "test", out, run_role(cfg), teacher, cfg.distill.chunk_tokens,
                   _train_tokens_per_s(trainer, cfg.data.block_size))
     write_report([row], out / "report.json")
     return row
@@ -258,7 +258,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test", data_overrides: di
     distill = isinstance(cfg, LMDistillRunConfig)
     chunk = cfg.distill.chunk_tokens if distill else cfg.chunk_tokens
     speed = report_row(run_dir).get("train_tokens_per_s")  # measured while training; evaluate does not train
-    row = _report(cfg, model, tokenizer, data, split, run_dir, "distilled" if distill else cfg.role,
+    row = _report(cfg, model, tokenizer, data, split, run_dir, run_role(cfg),
                   run_teacher(run_dir) if distill else None, chunk, speed)
     write_report([row], run_dir / ("report.json" if split == "test" else f"report-{split}.json"))
     return row

@@ -42,6 +42,9 @@ class Method(nn.Module):
     # Why the method cannot learn from unlabelled training samples (transfer data), or None: a teacher-free
     # method has nothing else to learn from on them.
     needs_every_label: ClassVar[str | None] = None
+    # False for a method that learns nothing from an unlabelled sample (plain CE): the runners then leave such
+    # samples out instead of spending steps on them, so it trains as `kdistill train` would.
+    learns_from_unlabeled: ClassVar[bool] = True
 
     def __init__(self, params: MethodParams):
         super().__init__()
@@ -108,6 +111,10 @@ def check_task(method: Method, task: str, where: str = "distill.method") -> None
             raise KdistillError(f"{where}: method {member.name!r} runs on {' and '.join(member.tasks)} tasks only "
                                 f"(not {task}); logit methods run on every task: "
                                 + ", ".join(sorted(n for n, c in METHODS.items() if task in c.tasks)))
+
+
+def learns_from_unlabeled(method: Method) -> bool:
+    return any(member.learns_from_unlabeled for member in method.members())
 
 
 def check_labels(method: Method, labels: torch.Tensor) -> None:

@@ -22,6 +22,7 @@ class CrossEntropy(Method):
     name = "ce"
     Params = CEParams
     needs_teacher = False
+    learns_from_unlabeled = False
     tasks = ("vision", "text", "causal-lm")
 
     def forward(self, batch: Batch, student_logits: torch.Tensor | TokenStates,

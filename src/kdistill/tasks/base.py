@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from kdistill.config import read_yaml
+from kdistill.config import read_yaml, run_role
 from kdistill.errors import KdistillError
 from kdistill.export import ExportSource
 from kdistill.samples import TensorSamples, TextSamples
@@ -36,8 +36,9 @@ class OpenedRun:
 
 
 def role_of_config(cfg: Any) -> str:
-    """teacher | student for `train` runs (their `role`), distilled for `distill` runs, whatever the task."""
-    return "distilled" if hasattr(cfg, "student") else str(getattr(cfg, "role", "teacher"))
+    """teacher | student for `train` runs (their `role`), distilled for `distill` runs (student for one whose
+    method is plain `ce`: kdistill.config.run_role), whatever the task."""
+    return run_role(cfg)
 
 
 class Task(ABC):
@@ -71,11 +72,13 @@ class Task(ABC):
         """A finished run's model and one split (for compare); `then` says what the user wanted to do."""
 
     default_role = "teacher"  # of a train config without a `role`
+    score_key = "accuracy"  # the report row's headline number (kdistill.baseline compares runs by it)
+    higher_is_better = True
 
     def role(self, run_dir: Path) -> str:
         """teacher | student | distilled, read from the run's config (distill configs have a `student`)."""
         raw = read_yaml(run_dir / "config.yaml")
-        return "distilled" if "student" in raw else str(raw.get("role", self.default_role))
+        return run_role(raw, self.default_role)
 
     @abstractmethod
     def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:

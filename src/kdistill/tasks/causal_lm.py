@@ -16,6 +16,8 @@ class CausalLMTask(Task):
 
     name = TASK
     default_role = "student"
+    score_key = "perplexity"
+    higher_is_better = False
 
     def claims_config(self, raw: dict[str, Any]) -> bool:
         return raw.get("task") == TASK

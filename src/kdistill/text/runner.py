@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from kdistill import distributed, threads
-from kdistill.config import dump_config, load_config
+from kdistill.config import dump_config, load_config, run_role
 from kdistill.data.transfer import UNLABELED
-from kdistill.methods.base import check_labels
+from kdistill.methods.base import check_labels, learns_from_unlabeled
 from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, finished_hf_run_config, prepare_run_dir, save_into, write_owned_text
@@ -380,7 +380,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
 
     method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
     ctx = join_processes(cfg)
-    data = load_text_splits(cfg.data)
+    data = load_text_splits(cfg.data, unlabeled=learns_from_unlabeled(method))
     unlabeled = sum(row["label"] == UNLABELED for row in data.train)
     check_labels(method, torch.tensor([row["label"] for row in data.train]))
     if unlabeled and ctx.is_main:
@@ -411,7 +411,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     if not ctx.is_main:
         return {}  # rank 0 evaluates and reports
     write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
-    row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role="distilled", out=out,
+    row = evaluate_text_model(student, student_tok, data, "test", name=cfg.name, role=run_role(cfg), out=out,
                               max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),
                               teacher=teacher, teacher_tokenizer=teacher_tok)
     write_report([row], out / "report.json")
@@ -441,7 +441,7 @@ def evaluate_text_run(run_dir: str | Path, split: str = "test", data_overrides: 
         record = json.loads((run_dir / "teacher.json").read_text()) if (run_dir / "teacher.json").is_file() else {}
         if record.get("path") and (Path(record["path"]) / "config.json").is_file():
             teacher, teacher_tok = load_classifier(Path(record["path"]), "teacher")
-    row = evaluate_text_model(model, tokenizer, data, split, name=cfg.name, role="distilled" if distill else cfg.role,
+    row = evaluate_text_model(model, tokenizer, data, split, name=cfg.name, role=run_role(cfg),
                               out=run_dir, max_length=cfg.data.max_length, seed=cfg.seed, config_sha256=cfg.sha256(),
                               teacher=teacher, teacher_tokenizer=teacher_tok)
     write_report([row], run_dir / ("report.json" if split == "test" else f"report-{split}.json"))
