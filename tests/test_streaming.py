@@ -242,3 +242,31 @@ def test_hf_disk_errors_are_one_line(folder, tmp_path, capsys):
         code, _, err = cli(capsys, "train", write_yaml(tmp_path / "h.yaml", raw))
         assert_user_error(code, err, needle)
         assert not (tmp_path / "run").exists()
+
+
+def test_an_hf_disk_set_with_an_empty_split_is_one_line(folder, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    image = Image.open(next((folder / "val").rglob("*.png"))).copy()
+    datasets.DatasetDict(train=datasets.Dataset.from_dict({"image": [], "label": []}, features=features),
+                         validation=datasets.Dataset.from_dict({"image": [image] * 2, "label": [0, 1]}, features=features),
+                         ).save_to_disk(str(tmp_path / "hf"))
+    raw = {"name": "h", "data": {"name": "hf-disk", "root": str(tmp_path / "hf")}, "model": {"name": "mlp"},
+           "train": {"epochs": 1}, "out": str(tmp_path / "run")}
+    code, _, err = cli(capsys, "train", write_yaml(tmp_path / "h.yaml", raw))
+    assert_user_error(code, err, "an empty split")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_manifest_whose_val_repeats_train_images_is_warned_about(folder, tmp_path):
+    files = write_manifests(folder, folder.parent / "lists-shared")
+    train_rows = files["train"].read_text().splitlines()
+    files["val"].write_text(files["val"].read_text() + train_rows[1] + "\n")  # one training image listed in val too
+    loaded = load_dataset(DataConfig(name="manifest", **{k: str(v) for k, v in files.items()}))
+    warning = [n for n in loaded.notes if "also in the train manifest" in n]
+    assert len(warning) == 1 and warning[0].startswith("kdistill: warning: 1 of the ") and " val images " in warning[0]
+    clean = load_dataset(DataConfig(name="manifest", **{k: str(v) for k, v in write_manifests(
+        folder, folder.parent / "lists-clean").items()}))
+    assert not any("also in the train" in n for n in clean.notes)

@@ -30,6 +30,9 @@ def load_dataset_dict(root: Path, needs: str) -> Any:
         loaded = datasets.load_from_disk(str(root))
     except (FileNotFoundError, ValueError) as exc:
         raise KdistillError(f"data.root {root}: not a saved Hugging Face dataset ({first_line(exc)})") from None
+    except (IndexError, KeyError, TypeError) as exc:  # datasets' own reading of a split saved with no rows, or damaged
+        raise KdistillError(f"data.root {root}: a split of this saved dataset cannot be read; an empty split is saved "
+                            f"without data files ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(loaded, datasets.DatasetDict):
         raise KdistillError(f"data.root {root}: a single Dataset; save a DatasetDict with {needs} splits")
     return loaded

@@ -89,4 +89,19 @@ def load(cfg: DataConfig) -> DataSplits:
     extra = {"manifests": {split: str(Path(getattr(cfg, split)).expanduser()) for split in listed}}
     if "test" not in parts:
         extra["test_source"] = "val (no test manifest)"
-    return image_splits(cfg, "manifest", classes, parts, extra)
+    splits = image_splits(cfg, "manifest", classes, parts, extra)
+    splits.notes += _shared_images(parts)
+    return splits
+
+
+def _shared_images(parts: dict[str, tuple[list[Path], list[int]]]) -> list[str]:
+    """A warning per evaluation split that lists images train lists too: its accuracy would be measured partly
+    on training images."""
+    train = {file.resolve() for file in parts["train"][0]}
+    notes = []
+    for split in ("val", "test"):
+        shared = [file for file in parts.get(split, ([], []))[0] if file.resolve() in train]
+        if shared:
+            notes.append(f"kdistill: warning: {len(shared):,} of the {len(parts[split][0]):,} {split} images are also in "
+                         f"the train manifest (e.g. {shared[0]}): {split} accuracy is partly measured on training images")
+    return notes

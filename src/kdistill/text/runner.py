@@ -322,11 +322,16 @@ def train_and_save(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming
     last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
     trainer.add_callback(ThreadShare(cfg.train.threads))
     trainer.add_callback(RecordCheckpoints())
+    trackers = None
     if cfg.train.log_to and distributed.current().is_main:
         done = int(round(trainer_state_epoch(last))) if last else 0
         trackers = Trackers(cfg.train.log_to, out, cfg.name, cfg.model_dump(mode="json"), first_step=done + 1)
         trainer.add_callback(trainer_callback(trackers, metrics_of_log))
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    finally:  # a run that stops (non-finite loss, Ctrl-C) still closes its trackers: their files are complete
+        if trackers is not None:
+            trackers.close()
     if distributed.current().is_main:  # one process writes the run directory
         save_into(out, lambda work: (model.save_pretrained(work, safe_serialization=True), tokenizer.save_pretrained(work)))
         write_trainer_metrics(trainer, out)
