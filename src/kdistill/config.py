@@ -67,7 +67,7 @@ class DataConfig(_Strict):
     unlabeled: UnlabeledImages | None = None
     batch_size: int = Field(128, gt=0, le=MAX_BATCH)
     eval_batch_size: int = Field(512, gt=0, le=MAX_BATCH)
-    augment: list[str] = Field(default_factory=list)
+    augment: list[str | dict[str, Any]] = Field(default_factory=list)
     in_memory: bool | Literal["auto"] = "auto"
     memory_limit_mb: int = Field(2048, gt=0)
     workers: int | None = Field(None, ge=0, le=256)

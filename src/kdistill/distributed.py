@@ -63,7 +63,8 @@ class Context:
         if not self.active:
             return batch, logits
         part = self.shard(batch.labels.shape[0])
-        return batch._replace(inputs=batch.inputs[part], labels=batch.labels[part], index=batch.index[part]), \
+        mixed = None if batch.mixed is None else tuple(t[part] for t in batch.mixed)
+        return batch._replace(inputs=batch.inputs[part], labels=batch.labels[part], index=batch.index[part], mixed=mixed), \
             None if logits is None else logits[part]
 
     def accuracy(self, correct: int, total: int, device: torch.device) -> float:

@@ -32,6 +32,7 @@ from kdistill import distributed, threads
 from kdistill.checkpoint import (CHECKPOINT, METRICS, NONFINITE, claim_run_files, commit_epoch, completed_metrics,
                                  nonfinite_terms, read_checkpoint, restore, rng_state, set_rng_state, stop_nonfinite)
 from kdistill.config import TrainConfig
+from kdistill.data.augment import Augmenter
 from kdistill.data.splits import Batch, DataSplits, iterate_batches
 from kdistill.errors import KdistillError
 from kdistill.inference import accuracy, predict_logits
@@ -179,7 +180,7 @@ def fit(
     batch_size: int,
     eval_batch_size: int = 512,
     teacher: FrozenTeacher | None = None,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    augment: Augmenter | None = None,
     cache: TeacherCache | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
@@ -224,7 +225,7 @@ def fit(
                                                   drop_last=plan.drop_last)):
             batch, drawn = source.draw(batch, generator)  # every process draws the same global batch
             global_n = batch.labels.shape[0]
-            batch = batch._replace(labeled_share=float((batch.labels >= 0).sum()) / global_n)
+            batch = batch._replace(labeled_share=float(batch.label_weights().sum()) / global_n)
             batch, drawn = _to_device(*ctx.keep_slice(batch, drawn), device)
             with autocast():
                 student_logits = student(batch.inputs)
@@ -316,7 +317,8 @@ def _resume(ctx: distributed.Context, run_dir: Path, cfg: TrainConfig, seed: int
 def _to_device(batch: Batch, logits: torch.Tensor | None, device: torch.device) -> tuple[Batch, torch.Tensor | None]:
     if device.type == "cpu":
         return batch, logits
-    moved = batch._replace(inputs=batch.inputs.to(device, non_blocking=True), labels=batch.labels.to(device, non_blocking=True))
+    moved = batch._replace(inputs=batch.inputs.to(device, non_blocking=True), labels=batch.labels.to(device, non_blocking=True),
+                           mixed=None if batch.mixed is None else tuple(t.to(device) for t in batch.mixed))
     return moved, None if logits is None else logits.to(device, non_blocking=True)
 
 

@@ -85,6 +85,11 @@ def _train_and_report(
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
+    if augment is not None and augment.mix is not None:
+        for member in method.members():
+            if member.needs_every_label:
+                raise KdistillError(f"distill.method {member.name!r} {member.needs_every_label}, and "
+                                    f"data.augment's {augment.mix.kind} gives every image two labels")
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
     check_installed(cfg.train.log_to)
     ctx = distributed.current()
@@ -204,7 +209,8 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
     teacher.to("cpu")
     took = f", built in {cache.header['seconds']:.1f} s" if built else ""
     print(f"kdistill: teacher cache {path}: {len(data.train)} samples x {ccfg.views} view(s), "
-          f"{cache.size_bytes() / 1e6:.1f} MB{took}", file=sys.stderr)
+          f"{cache.size_bytes() / 1e6:.1f} MB ({cache.size_bytes() / ccfg.views / 1e6:.2f} MB per view){took}",
+          file=sys.stderr)
     return cache
 
 

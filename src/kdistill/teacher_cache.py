@@ -16,6 +16,7 @@ On disk (a directory, numpy `.npy` files read as memory maps):
     topk_index.npy      (N, views, k) int32 class indices      (top_k)
     rest_logmass.npy    (N, views)   float32 log of the probability mass outside the top k
     params.npy          (N, views, P) int16 augmentation choices (P = 0 without augmentation)
+    mix.npy             (N, views, 6) float64 partner index, lambda and pasted box (mixup / cutmix only)
 
 A cache is built in a sibling `<dir>.building-<host>-<pid>` directory and renamed into place only
 when complete, so an interrupted build never looks like a cache; a directory without a
@@ -44,7 +45,7 @@ from tqdm import tqdm
 from kdistill.config import CacheConfig
 from kdistill.data.augment import Augmenter
 from kdistill.data.splits import Batch, Split
-from kdistill.data.streaming import in_chunks, is_streamed
+from kdistill.data.streaming import in_chunks, is_streamed, take
 from kdistill.digests import tensors_sha256
 from kdistill.errors import KdistillError
 from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
@@ -106,10 +107,12 @@ def _differences(found: dict[str, Any], wanted: dict[str, Any], prefix: str = ""
 class TeacherCache:
     """An opened, complete cache: draws a stored view per sample and returns (augmented batch, teacher logits)."""
 
-    def __init__(self, path: Path, header: dict[str, Any], augmenter: Augmenter | None):
+    def __init__(self, path: Path, header: dict[str, Any], augmenter: Augmenter | None, train: Split | None = None):
         self.path = Path(path)
         self.header = header
         self.augmenter = augmenter
+        self.train = train  # the split whose images are partners of mixed views
+        self.mix = np.load(self.path / "mix.npy", mmap_mode="r") if header.get("mix_columns") else None
         self.views = int(header["fingerprint"]["views"])
         self.num_classes = int(header["num_classes"])
         self.top_k = header["fingerprint"]["top_k"]
@@ -146,10 +149,26 @@ class TeacherCache:
         if self.augmenter is not None:
             params = torch.from_numpy(np.asarray(self.params[index, view], dtype=np.int64))
             inputs = self.augmenter.apply(inputs, params)
+        if self.mix is not None:  # the very partner and mix the teacher saw in this view
+            mix = torch.from_numpy(np.asarray(self.mix[index, view], dtype=np.float64))
+            inputs, mixed = _mixed_view(self.augmenter, self.train, inputs, mix, view, self.params)
+            return batch._replace(inputs=inputs, mixed=mixed), self.stored_logits(index, view)
         return batch._replace(inputs=inputs), self.stored_logits(index, view)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def _mixed_view(augmenter: Augmenter, train: Split, inputs: torch.Tensor, mix: torch.Tensor, view: np.ndarray,
+                params: np.ndarray) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """`inputs` (already cropped and flipped) mixed with their stored partners, each partner re-created with its
+    own stored choices of the same view; and (partner labels, lambda)."""
+    partner = mix[:, 0].long()
+    others = take(train.inputs, partner)
+    others = others if isinstance(others, torch.Tensor) else others[:]  # a streamed split: decode the partners
+    own_params = torch.from_numpy(np.asarray(params[partner.numpy(), view], dtype=np.int64))
+    others = augmenter.apply(others.to(inputs.device), own_params)
+    return augmenter.mix.apply(inputs, others, mix), (train.labels[partner], mix[:, 1].float())
 
 
 def _expected_shapes(header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -158,6 +177,8 @@ def _expected_shapes(header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     fp = header["fingerprint"]
     n, v, c, k = fp["data"]["samples"], fp["views"], header["num_classes"], fp["top_k"]
     shapes = {"params.npy": (n, v, len(header["param_columns"]))}
+    if header.get("mix_columns"):
+        shapes["mix.npy"] = (n, v, len(header["mix_columns"]))
     if k:
         shapes.update({"topk_logprobs.npy": (n, v, k), "topk_index.npy": (n, v, k), "rest_logmass.npy": (n, v)})
     else:
@@ -180,7 +201,8 @@ def _read_complete_header(path: Path) -> dict[str, Any] | None:
         return None
 
 
-CACHE_FILES = {HEADER, HEADER + ".tmp", "params.npy", "logits.npy", "topk_logprobs.npy", "topk_index.npy", "rest_logmass.npy"}
+CACHE_FILES = {HEADER, HEADER + ".tmp", "params.npy", "mix.npy", "logits.npy", "topk_logprobs.npy", "topk_index.npy",
+               "rest_logmass.npy"}
 
 
 def _array_names(top_k: int | None) -> list[str]:
@@ -301,10 +323,14 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
         raise KdistillError(f"distill.cache.top_k={cfg.top_k} must be smaller than the number of classes ({num_classes})")
     n, views, k = len(train), cfg.views, cfg.top_k
     columns = list(augmenter.columns) if augmenter is not None else []
+    mix = augmenter.mix if augmenter is not None else None
     header = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "num_classes": num_classes,
-              "param_columns": columns, "created_by": "kdistill cache-teacher", "device": str(device)}
+              "param_columns": columns, "created_by": "kdistill cache-teacher", "device": str(device),
+              **({"mix_columns": list(mix.columns)} if mix is not None else {})}
     dtype = np.float16 if cfg.dtype == "float16" else np.float32
     arrays: dict[str, tuple[Any, tuple[int, ...]]] = {"params.npy": (np.int16, (n, views, len(columns)))}
+    if mix is not None:
+        arrays["mix.npy"] = (np.float64, (n, views, len(mix.columns)))
     if k:
         arrays |= {"topk_logprobs.npy": (dtype, (n, views, k)), "topk_index.npy": (np.int32, (n, views, k)),
                    "rest_logmass.npy": (np.float32, (n, views))}
@@ -318,10 +344,16 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + v)
             params = augmenter.draw(n, generator) if augmenter is not None else torch.zeros(n, 0, dtype=torch.long)
             maps["params.npy"][:, v] = params.numpy().astype(np.int16)
+            mixes = mix.draw(n, generator) if mix is not None else None  # partners: a permutation of the split
+            if mixes is not None:
+                maps["mix.npy"][:, v] = mixes.numpy()
             for start, inputs in in_chunks(train.inputs, cfg.batch_size):
                 stop = start + inputs.shape[0]
                 if augmenter is not None:
                     inputs = augmenter.apply(inputs, params[start:stop])
+                if mixes is not None:
+                    inputs, _ = _mixed_view(augmenter, train, inputs, mixes[start:stop], np.full(stop - start, v),
+                                            maps["params.npy"])
                 logits = teacher(inputs.to(device)).float().cpu()
                 if k:
                     logprobs = torch.log_softmax(logits, dim=-1)
@@ -334,7 +366,7 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
                 bar.update(stop - start)
         bar.close()
 
-    return TeacherCache(path, write_cache_folder(path, header, arrays, fill), augmenter)
+    return TeacherCache(path, write_cache_folder(path, header, arrays, fill), augmenter, train)
 
 
 def open_cache_header(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -381,6 +413,6 @@ def open_or_build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_cl
                         cfg: CacheConfig, fingerprint: dict[str, Any], device: torch.device, *,
                         rebuild: bool = False, progress: bool = True) -> tuple[TeacherCache, bool]:
     """The matching vision cache at `path`, built if absent, interrupted or (with `rebuild`) mismatched; (cache, built?)."""
-    return open_or_build(path, fingerprint, lambda header: TeacherCache(Path(path), header, augmenter),
+    return open_or_build(path, fingerprint, lambda header: TeacherCache(Path(path), header, augmenter, train),
                          lambda: build_cache(path, teacher, train, num_classes, augmenter, cfg, fingerprint, device, progress),
                          rebuild=rebuild)

@@ -7,7 +7,7 @@ drawn)` on this process's slice, on its device (the live teacher runs here, unde
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +15,7 @@ from kdistill.data.splits import Batch
 from kdistill.teachers import FrozenTeacher
 
 if TYPE_CHECKING:
+    from kdistill.data.augment import Augmenter
     from kdistill.teacher_cache import TeacherCache
 
 
@@ -22,7 +23,7 @@ class TeacherSource:
     """Live (a FrozenTeacher the method needs), cached (a TeacherCache: views and logits) or none."""
 
     def __init__(self, teacher: FrozenTeacher | None, cache: "TeacherCache | None",
-                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None, needs_teacher: bool):
+                 augment: "Augmenter | None", needs_teacher: bool):
         if needs_teacher and teacher is None and cache is None:
             raise ValueError("the method needs a teacher")
         self.cache = cache
@@ -34,7 +35,7 @@ class TeacherSource:
         if self.cache is not None:
             return self.cache.targets(batch, generator)
         if self.augment is not None:
-            batch = batch._replace(inputs=self.augment(batch.inputs, generator))
+            batch = self.augment.augment_batch(batch, generator)
         return batch, None
 
     def logits(self, inputs: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor | None:

@@ -22,6 +22,17 @@ class Batch(NamedTuple):
     labels: torch.Tensor
     index: torch.Tensor
     labeled_share: float | None = None
+    mixed: tuple[torch.Tensor, torch.Tensor] | None = None  # (partner labels, lambda) of mixup / cutmix images
+
+    def label_weights(self) -> torch.Tensor:
+        """Each sample's weight in the label term: 1 if labelled, else 0; for a mixed image, lambda for its own
+        label and 1 - lambda for its partner's, each counted only when that label exists."""
+        own = (self.labels >= 0).float()
+        if self.mixed is None:
+            return own
+        partner_labels, lam = self.mixed
+        lam = lam.to(own.device)
+        return lam * own + (1 - lam) * (partner_labels.to(own.device) >= 0).float()
 
 
 @dataclass

@@ -73,17 +73,26 @@ class Method(nn.Module):
 
 def labeled_cross_entropy(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy (float32) over the batch's labelled samples; unlabelled ones (label -1, transfer data) add
-    nothing. The sum is divided by (samples here x `batch.labeled_share`): the mean over the labelled samples,
+    nothing; a mixed image (mixup, cutmix) adds lambda · CE(own label) + (1 − lambda) · CE(partner's label),
+    with weight lambda + (1 − lambda) where both labels exist (`Batch.label_weights`). The sum is divided by (samples here x `batch.labeled_share`): the mean over the labelled samples,
     of the global batch once the processes' gradients are averaged (kdistill.engine; without a share, of this
     batch). A batch without labels gives 0, with the graph kept."""
     labels = batch.labels
     labeled = labels >= 0
-    share = batch.labeled_share if batch.labeled_share is not None else float(labeled.float().mean())
-    if share == 1.0 and bool(labeled.all()):  # every sample labelled: the plain mean
+    weights = batch.label_weights()
+    share = batch.labeled_share if batch.labeled_share is not None else float(weights.mean())
+    if batch.mixed is None and share == 1.0 and bool(labeled.all()):  # every sample labelled: the plain mean
         return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-    if share <= 0 or not bool(labeled.any()):
+    if share <= 0 or not bool(weights.any()):
         return logits.float().sum() * 0.0
-    total = F.cross_entropy(logits.float()[labeled], labels[labeled], reduction="sum", label_smoothing=label_smoothing)
+    if batch.mixed is None:
+        total = F.cross_entropy(logits.float()[labeled], labels[labeled], reduction="sum", label_smoothing=label_smoothing)
+    else:  # mixup / cutmix: lambda · CE(own label) + (1 − lambda) · CE(partner's label), each where it exists
+        partner_labels, lam = batch.mixed
+        partner_labels, lam = partner_labels.to(labels.device), lam.to(logits.device)
+        own = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
+        other = F.cross_entropy(logits.float(), partner_labels.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
+        total = (lam * labeled * own + (1 - lam) * (partner_labels >= 0) * other).sum()
     return total / (labels.shape[0] * share)
 
 

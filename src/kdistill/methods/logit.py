@@ -24,7 +24,8 @@ from kdistill.methods.base import Method, label_term
 
 
 class LogitMethod(Method):
-    """{"ce": ce_weight · CE(student, labels), **distill(...)}: see the module docstring."""
+    """{"ce": ce_weight · CE(student, labels), **distill(...)}: see the module docstring. `distill` gets -1 for
+    a sample without a single label (unlabelled transfer data, a mixed image)."""
 
     tasks: ClassVar[tuple[str, ...]] = ("vision", "text")
 
@@ -38,5 +39,8 @@ class LogitMethod(Method):
 
     def forward(self, batch: Batch, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
         terms = label_term(student_logits, batch, self.ce_weight())
-        terms.update(self.distill(student_logits, teacher_logits, batch.labels))
+        labels = batch.labels
+        if batch.mixed is not None:  # a mixed image has no single label: -1, as an unlabelled sample
+            labels = torch.where(batch.mixed[1].to(labels.device) < 1, torch.full_like(labels, -1), labels)
+        terms.update(self.distill(student_logits, teacher_logits, labels))
         return terms
