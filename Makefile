@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming bench-transfer
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming bench-transfer bench-fm
 
 venv: $(STAMP)
 
@@ -52,3 +52,6 @@ clean:
 
 bench-transfer: $(STAMP)
 	$(BIN)/python benchmarks/transfer.py
+
+bench-fm: $(STAMP)
+	$(BIN)/python benchmarks/function_matching.py
