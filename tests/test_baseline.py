@@ -6,7 +6,8 @@ import json
 
 from conftest import run_cli, tree_digest, write_yaml
 from kdistill.baseline import alone_config
-from kdistill.config import DistillRunConfig, validate_config, run_role
+from kdistill.config import DistillRunConfig, run_role, validate_config
+from kdistill.ownership import FOLDER, Owned
 
 
 def test_the_alone_config_is_the_distill_config_with_plain_ce_and_no_teacher(distill_config):
@@ -47,5 +48,11 @@ def test_baseline_writes_runs_report_and_pictures_and_reuses_them(tmp_path, dist
 
     single = run_cli("distill", str(path), f"out={out / 'alone-seed0'}", "--baseline", "-q")
     assert single.returncode == 2 and "holds a single run" in single.stderr
+    other = tmp_path / "quickstart-like"  # a folder kdistill wrote for something else is not taken over
+    Owned(other).claim("teacher", kind=FOLDER)
+    (other / "teacher").mkdir()
+    taken = run_cli("distill", str(path), f"out={other}", "--baseline", "-q")
+    assert taken.returncode == 2 and "holds no baseline of this config" in taken.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["kdistill-manifest.json", "teacher"]
     stray = run_cli("distill", str(path), "--seeds", "2", "-q")
     assert stray.returncode == 2 and "--seeds goes with --baseline" in stray.stderr

@@ -313,6 +313,7 @@ def yaml_load(path: Path) -> dict:
 def test_text_transfer_rows_unlabelled_learn_from_the_teacher_only(text_runs, text_data, tmp_path):
     """data.labeled_samples and data.unlabeled on text: the rest and the file's texts join the training rows with
     label -1 in a distill run (label term masked); a train run keeps only the same stratified labelled rows."""
+    from kdistill.errors import KdistillError
     from kdistill.text.data import TextDataConfig, load_text_splits
 
     extra = tmp_path / "extra.jsonl"
@@ -325,6 +326,10 @@ def test_text_transfer_rows_unlabelled_learn_from_the_teacher_only(text_runs, te
     assert [r for r in transfer.train if r["label"] >= 0] == alone.train  # the same 20 labelled rows
     assert all(r in full.train for r in alone.train) and sorted(Counter(r["label"] for r in alone.train).values()) == [5] * 4
     assert transfer.train[-1] == {"text": "library for parsing data 9", "label": -1}
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text(json.dumps({"body": full.test[0]["text"]}) + "\n")
+    with pytest.raises(KdistillError, match="are validation or test texts"):
+        load_text_splits(TextDataConfig(**{**data, "unlabeled": {"path": str(leak), "text_column": "body"}}))
 
     cfg = {"task": "text-classification", "name": "tr", "data": data, "teacher": str(text_runs["teacher"]),
            "student": {"from_teacher": {"num_layers": 1}}, "distill": {"method": "kd"},

@@ -167,6 +167,8 @@ def test_an_unlabelled_folder_is_decoded_as_the_data_set_and_streams_alike(tmp_p
     batch = next(iter(streamed.train.inputs.batches([torch.arange(12)])))
     assert torch.allclose(batch, held.train.inputs, atol=1e-6)
     assert torch.equal(streamed.train.labels, held.train.labels)
+    with pytest.raises(KdistillError, match="are validation or test images of imagefolder"):  # the data set's own val/
+        load_dataset(DataConfig(name="imagefolder", root=str(root), unlabeled={"root": str(root)}))
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     with pytest.raises(KdistillError, match="holds no .png"):

@@ -54,8 +54,10 @@ def _claim(out: Path, folders: list[str], overwrite: bool) -> Owned:
                             "one folder: set another out (e.g. out=runs/mine-baseline)")
     owned = Owned(out)
     if out.is_dir() and any(out.iterdir()):
-        if not owned.is_owned():
-            raise KdistillError(f"out: {out} is not empty and holds no baseline written by kdistill (no {MANIFEST}); "
+        ours = {*REPORT, *folders, COMPARE, MANIFEST}
+        if not owned.is_owned() or not {p.name for p in out.iterdir()} <= ours:
+            raise KdistillError(f"out: {out} is not empty and holds no baseline of this config written by kdistill "
+                                f"(only {MANIFEST}, report.json/md, compare/ and the runs' folders may be there); "
                                 "set another out")
         owned.check_removable("out")
     owned.claim(*REPORT)
@@ -98,9 +100,14 @@ def _markdown(task: Any, cfg: Any, summaries: list[dict[str, Any]], gain: list[f
               f"{', '.join(f'{scale * g:+.2f}' for g in gain)}; {better} is better).", ""]
     lines += ["Training (the same config, epochs and seeds; a student alone learns from labelled samples only):", ""]
     lines += [f"- {role}: {text}" for role, text in steps.items()]
-    lines += ["", f"Pictures (runs of one setting and several seeds drawn as one): `{COMPARE}/tradeoff.png`, "
-              f"`{COMPARE}/curves.png`; the full comparison: `{COMPARE}/compare.md`."]
     return "\n".join(lines) + "\n"
+
+
+def _pictures_line(compared: Path) -> str:
+    pictures = [f"`{COMPARE}/{p.name}`" for p in sorted(compared.glob("*.png"))]
+    drawn = (f"Pictures (runs of one setting and several seeds drawn as one): {', '.join(pictures)}; " if pictures
+             else "No pictures were drawn (the `plots` extra, matplotlib, is not installed, or this task draws none); ")
+    return f"\n{drawn}the full comparison: `{COMPARE}/compare.md`.\n"
 
 
 def _training_seen(run_dir: Path) -> str:
@@ -148,13 +155,17 @@ def run_baseline(task: Any, cfg: Any, seeds: int, *, overwrite: bool = False, pr
     sign = 1.0 if task.higher_is_better else -1.0
     gain = [sign * (_score(task, d) - _score(task, a)) for d, a in zip(distilled_rows, alone_rows)]
     steps = {"student alone": _training_seen(Path(plan[0][1].out)), "distilled": _training_seen(Path(plan[0][0].out))}
-    write_report(summaries, out / "report.json")
-    write_owned_text(out, "report.md", _markdown(task, cfg, summaries, gain, steps))
     from kdistill import tasks
 
     runs = ([teacher_dir] if len(summaries) == 3 else []) + [Path(c.out) for pair in plan for c in pair]
+    text = _markdown(task, cfg, summaries, gain, steps)
     try:
-        tasks.compare(runs, out=out / COMPARE, overwrite=True, repeats=20, log=lambda _line: None)
-    except KdistillError as exc:  # the runs and the report stand; only the pictures are missing
-        log(f"kdistill: warning: baseline: the comparison was not drawn ({exc})")
+        tasks.compare(runs, out=out / COMPARE, overwrite=True, repeats=20,
+                      log=lambda line: log(line) if "warning" in line else None)
+        text += _pictures_line(out / COMPARE)
+    except KdistillError as exc:  # the runs and the report stand; only the comparison is missing
+        log(f"kdistill: warning: baseline: the comparison was not made ({exc})")
+        text += f"\nThe comparison was not made: {exc}\n"
+    write_report(summaries, out / "report.json")
+    write_owned_text(out, "report.md", text)
     return {"summaries": summaries, "gain": gain, "out": out}

@@ -162,7 +162,7 @@ def _cmd_train_or_distill(args: argparse.Namespace) -> None:
     if getattr(args, "baseline", False):
         from kdistill.baseline import run_baseline
 
-        result = run_baseline(task, cfg, args.seeds or 3, overwrite=args.overwrite, progress=not args.quiet,
+        result = run_baseline(task, cfg, 3 if args.seeds is None else args.seeds, overwrite=args.overwrite, progress=not args.quiet,
                               log=lambda line: print(line, file=sys.stderr))
         if result:
             print((Path(cfg.out) / "report.md").read_text().rstrip())

@@ -86,10 +86,7 @@ def _train_and_report(
 ) -> dict[str, Any]:
     augment = build_augmentation(cfg.data.augment, data.input_shape)
     if augment is not None and augment.mix is not None:
-        for member in method.members():
-            if member.needs_every_label:
-                raise KdistillError(f"distill.method {member.name!r} {member.needs_every_label}, and "
-                                    f"data.augment's {augment.mix.kind} gives every image two labels")
+        check_labels(method, data.train.labels, augment.mix.kind)
     resolve_device(cfg.train.device)  # a cuda request without a GPU fails here, before any file is written
     check_installed(cfg.train.log_to)
     ctx = distributed.current()

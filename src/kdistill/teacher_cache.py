@@ -113,6 +113,8 @@ class TeacherCache:
         self.augmenter = augmenter
         self.train = train  # the split whose images are partners of mixed views
         self.mix = np.load(self.path / "mix.npy", mmap_mode="r") if header.get("mix_columns") else None
+        if self.mix is not None and (train is None or augmenter is None or augmenter.mix is None):
+            raise ValueError("a cache of mixed views needs the training split and the mixing augmenter")
         self.views = int(header["fingerprint"]["views"])
         self.num_classes = int(header["num_classes"])
         self.top_k = header["fingerprint"]["top_k"]

@@ -192,7 +192,7 @@ class Augmenter:
 def _entry(entry: Any, i: int) -> tuple[str, dict[str, float]]:
     """(name, mixing parameters) of one `data.augment` entry: a name, or {name: mixup|cutmix, alpha, probability}."""
     if isinstance(entry, str):
-        return entry, {}
+        return entry, dict(MIX_DEFAULTS) if entry in MIXES else {}
     name = entry.get("name") if isinstance(entry, dict) else None
     if name not in MIXES:
         raise KdistillError(f"data.augment[{i}]: a mapping names a mix, e.g. {{name: mixup, alpha: 0.2, probability: 1.0}}")
@@ -227,6 +227,5 @@ def build_augmentation(names: list[Any], input_shape: tuple[int, ...]) -> Augmen
     mix = None
     if mixes:
         name, params = entries[mixes[0]]
-        mix = Mix(name, params.get("alpha", MIX_DEFAULTS["alpha"]), params.get("probability", MIX_DEFAULTS["probability"]),
-                  input_shape[1], input_shape[2])
+        mix = Mix(name, params["alpha"], params["probability"], input_shape[1], input_shape[2])
     return Augmenter(steps, input_shape, mix)

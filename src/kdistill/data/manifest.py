@@ -23,7 +23,7 @@ from kdistill.jsonl import jsonl_values
 MAX_ROWS = 50_000_000
 
 
-def _rows(manifest: Path) -> list[tuple[int, str, str]]:
+def read_manifest(manifest: Path) -> list[tuple[int, str, str]]:
     """(row number, path, label) of each entry; row numbers are the file's line numbers (CSV: the header is 1)."""
     if not manifest.is_file():
         raise KdistillError(f"{manifest}: manifest file not found")
@@ -67,7 +67,7 @@ def load(cfg: DataConfig) -> DataSplits:
         raise KdistillError("data: a manifest needs data.train and data.val (CSV or JSONL files of path,label rows)")
     if cfg.root or cfg.download:
         raise KdistillError("data.root/download: a manifest lists its own files; set data.train/val/test instead")
-    listed = {split: _rows(Path(getattr(cfg, split)).expanduser()) for split in ("train", "val", "test")
+    listed = {split: read_manifest(Path(getattr(cfg, split)).expanduser()) for split in ("train", "val", "test")
               if getattr(cfg, split)}
     classes = class_order({label for _, _, label in listed["train"]})
     index = {name: i for i, name in enumerate(classes)}

@@ -26,6 +26,7 @@ import torch
 
 from kdistill.config import DataConfig
 from kdistill.data.imagefolder import EXTENSIONS, decode_image
+from kdistill.data.manifest import read_manifest
 from kdistill.data.splits import DataSplits, Split, stratified_holdout
 from kdistill.data.streaming import is_streamed, take
 from kdistill.errors import KdistillError
@@ -109,6 +110,24 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _evaluation_files(cfg: DataConfig) -> set[Path]:
+    """The validation and test image files of an imagefolder or manifest data set (resolved), which transfer data
+    must not hold: the student would be taught on the very images it is measured on."""
+    found: set[Path] = set()
+    if cfg.name == "imagefolder" and cfg.root:
+        for split in ("val", "test"):
+            folder = Path(cfg.root).expanduser() / split
+            if folder.is_dir():
+                found |= {p.resolve() for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS}
+    elif cfg.name == "manifest":
+        for split in ("val", "test"):
+            listed = getattr(cfg, split)
+            if listed:
+                manifest = Path(listed).expanduser()
+                found |= {(manifest.parent / Path(path).expanduser()).resolve() for _, path, _ in read_manifest(manifest)}
+    return found
+
+
 def _data_normalization(splits: DataSplits) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) per channel, (C, 1, 1), that turn 8-bit pixels into the data set's normalised inputs."""
     channels = splits.input_shape[0]
@@ -137,6 +156,12 @@ def add_unlabeled_images(splits: DataSplits, cfg: DataConfig) -> DataSplits:
     files = _image_files(root)
     if cfg.unlabeled.limit is not None:
         files = files[: cfg.unlabeled.limit]
+    held_out = _evaluation_files(cfg)
+    leaked = [f for f in files if f.resolve() in held_out] if held_out else []
+    if leaked:
+        raise KdistillError(f"data.unlabeled.root: {len(leaked):,} of its images are validation or test images of "
+                            f"{cfg.name} (e.g. {leaked[0]}); the student would learn from the images it is measured on: "
+                            "point data.unlabeled.root at images outside val/ and test/")
     channels, height, width = splits.input_shape
     decode = partial(decode_image, mode="L" if channels == 1 else "RGB", size=(width, height), resize=True)
     labels = torch.cat([splits.train.labels, torch.full((len(files),), UNLABELED, dtype=torch.int64)])

@@ -126,16 +126,18 @@ def learns_from_unlabeled(method: Method) -> bool:
     return any(member.learns_from_unlabeled for member in method.members())
 
 
-def check_labels(method: Method, labels: torch.Tensor) -> None:
-    """One line when the training labels hold unlabelled samples (-1) and `method` (or a term) needs every label."""
+def check_labels(method: Method, labels: torch.Tensor, mixing: str | None = None) -> None:
+    """One line when `method` (or a term) needs every sample's own label and the training labels hold unlabelled
+    samples (-1) or the images are mixed (`mixing`: mixup or cutmix)."""
     unlabeled = int((labels < 0).sum())
-    if not unlabeled:
-        return
     for member in method.members():
-        if member.needs_every_label:
+        if member.needs_every_label and unlabeled:
             raise KdistillError(f"distill.method {member.name!r} {member.needs_every_label}, and {unlabeled:,} training "
                                 "samples are unlabelled (data.labeled_samples / data.unlabeled); use a method that "
                                 "learns from a teacher (kd, dkd, dist, ...)")
+        if member.needs_every_label and mixing:
+            raise KdistillError(f"distill.method {member.name!r} {member.needs_every_label}, and data.augment's "
+                                f"{mixing} gives every image two labels")
 
 
 def build_method(name: str, raw_params: dict[str, Any], where: str = "distill") -> Method:

@@ -45,6 +45,7 @@ class KD(LogitMethod):
     def __init__(self, params: KDParams):
         super().__init__(params)
         self.needs_teacher = params.weights()[1] > 0  # alpha=1 is plain CE: don't pay for teacher passes
+        self.learns_from_unlabeled = self.needs_teacher  # ... nor for unlabelled samples it would learn nothing from
 
     def ce_weight(self) -> float:
         return self.params.weights()[0]

@@ -208,7 +208,13 @@ def with_transfer_rows(splits: TextSplits, cfg: TextDataConfig, unlabeled: bool)
         train = [row if i in kept else {**row, "label": UNLABELED} for i, row in enumerate(train)] if unlabeled \
             else [train[i] for i in keep]
     if cfg.unlabeled is not None and unlabeled:
-        train = train + [{"text": text, "label": UNLABELED} for text in _unlabeled_texts(cfg.unlabeled)]
+        extra = _unlabeled_texts(cfg.unlabeled)
+        held_out = {row["text"] for row in splits.val + splits.test}
+        leaked = [text for text in extra if text in held_out]
+        if leaked:
+            raise KdistillError(f"data.unlabeled.path: {len(leaked):,} of its texts are validation or test texts (e.g. "
+                                f"{leaked[0][:60]!r}); the student would learn from the texts it is measured on")
+        train = train + [{"text": text, "label": UNLABELED} for text in extra]
     return replace(splits, train=train)
 
 

@@ -345,6 +345,9 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
 
     ctx = join_processes(cfg)
     data = load_text_splits(cfg.data, unlabeled=False)
+    if (cfg.data.labeled_samples or cfg.data.unlabeled) and ctx.is_main:
+        print(f"kdistill: data: train learns from labels only: {len(data.train):,} labelled training rows"
+              + ("; data.unlabeled is used by distill runs only" if cfg.data.unlabeled else ""), file=sys.stderr)
     source = _hf_path(cfg.model, "model")
     set_seed(cfg.seed)
     model, tokenizer = load_classifier(source, "model", labels=data.labels)
