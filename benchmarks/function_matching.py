@@ -30,7 +30,8 @@ import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.report import aggregate_seeds, format_table, report_row
-from kdistill.runner import finished_row, run_distill, run_train
+from kdistill.runner import run_distill, run_train
+from runs import run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
 STUDENT = {"name": "cnn", "channels": [16, 32, 32]}
@@ -61,16 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     train = {"epochs": args.epochs, "lr": 3e-3, "weight_decay": 5e-4, "device": args.device}
     started = time.perf_counter()
 
-    def timed(label: str, fn, cfg):
-        t0 = time.perf_counter()
-        row = finished_row(cfg)
-        reused = row is not None
-        if not reused:
-            row = fn(cfg, overwrite=True, progress=False)
-        print(f"{label}: test {100 * row['accuracy']:.2f}% ({'reused' if reused else f'{time.perf_counter() - t0:.0f} s'})",
-              flush=True)
-        return row
-
     def alone(seed: int, augment: list, tag: str) -> TrainRunConfig:
         return validate_config({"name": tag, "role": "student", "seed": seed, "data": {**data, "augment": augment},
                                 "model": STUDENT, "train": train, "out": str(work / f"{tag}-seed{seed}")}, TrainRunConfig)
@@ -84,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     groups = {"alone (crop + flip)": [], "alone (crop + flip + mixup)": [], "function matching (cached mixup views)": []}
     for seed in args.seeds:
-        groups["alone (crop + flip)"].append(timed(f"alone seed {seed}", run_train, alone(seed, plain, "alone")))
-        groups["alone (crop + flip + mixup)"].append(timed(f"alone+mixup seed {seed}", run_train,
+        groups["alone (crop + flip)"].append(run_or_reuse(f"alone seed {seed}", run_train, alone(seed, plain, "alone")))
+        groups["alone (crop + flip + mixup)"].append(run_or_reuse(f"alone+mixup seed {seed}", run_train,
                                                            alone(seed, mixed, "alone-mixup")))
-        groups["function matching (cached mixup views)"].append(timed(f"function matching seed {seed}", run_distill,
+        groups["function matching (cached mixup views)"].append(run_or_reuse(f"function matching seed {seed}", run_distill,
                                                                       matching(seed)))
     rows = [report_row(teacher_dir) | {"name": "teacher (all labels)"}]
     rows += [aggregate_seeds(members) | {"name": name} for name, members in groups.items()]

@@ -30,7 +30,8 @@ import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.report import aggregate_seeds, format_table
-from kdistill.runner import finished_row, run_distill, run_train
+from kdistill.runner import run_distill, run_train
+from runs import best_validation, run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
 TEACHER = {"name": "cnn", "channels": [32, 64, 128], "convs_per_stage": 2, "hidden": 256, "dropout": 0.3}
@@ -43,16 +44,6 @@ TARGETS = {"same labels": 3.5, "all labels": 8.0}  # points over the student alo
 def _grid_point(text: str) -> tuple[float, float]:
     temperature, alpha = text.split(":")
     return float(temperature), float(alpha)
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _best(run_dir: Path) -> tuple[float, int]:
-    """(best validation accuracy, its epoch): the checkpoint the report evaluates."""
-    best = max(_metrics(run_dir), key=lambda m: m["val_accuracy"])
-    return best["val_accuracy"], best["epoch"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,17 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     few = {**data, "labeled_samples": args.labels}
     started = time.perf_counter()
 
-    def timed(label: str, fn, cfg):
-        t0 = time.perf_counter()
-        row = finished_row(cfg)
-        reused = row is not None
-        if not reused:
-            row = fn(cfg, overwrite=True, progress=False)
-        best, epoch = _best(cfg.out_dir())
-        print(f"{label}: test {100 * row['accuracy']:.2f}% val(best) {100 * best:.2f}% at epoch {epoch} "
-              f"({'reused' if reused else f'{time.perf_counter() - t0:.0f} s'})", flush=True)
-        return row
-
     def train_cfg(name: str, model: dict, data_: dict, epochs: int, seed: int, lr: float, role: str) -> TrainRunConfig:
         return validate_config({"name": name, "role": role, "seed": seed, "data": data_, "model": model,
                                 "train": {"epochs": epochs, "lr": lr, "weight_decay": 5e-4, "device": args.device},
@@ -113,20 +93,20 @@ def main(argv: list[str] | None = None) -> int:
                                           "device": args.device},
                                 "out": str(work / f"{tag}-seed{seed}")}, DistillRunConfig)
 
-    alone = {seed: timed(f"alone seed {seed}", run_train, cfg) for seed, cfg in alone_runs.items()}
+    alone = {seed: run_or_reuse(f"alone seed {seed}", run_train, cfg) for seed, cfg in alone_runs.items()}
     alone_rows = [alone[s] for s in args.seeds]
     alone_row = aggregate_seeds(alone_rows) | {"name": "student alone"}
     results: dict[str, dict] = {}
     for setting in args.rows:
-        teacher_row = timed(f"teacher ({setting})", run_train, teachers[setting])
+        teacher_row = run_or_reuse(f"teacher ({setting})", run_train, teachers[setting])
         tag = "same" if setting == "same labels" else "all"
         selection = []
         for temperature, alpha in args.grid:
             cfg = distill_cfg(setting, args.select_seed, temperature, alpha, f"{tag}-select-T{temperature:g}-a{alpha:g}")
-            timed(f"{setting}: select T={temperature:g} alpha={alpha:g}", run_distill, cfg)
-            selection.append({"temperature": temperature, "alpha": alpha, "val_accuracy": _best(cfg.out_dir())[0]})
+            run_or_reuse(f"{setting}: select T={temperature:g} alpha={alpha:g}", run_distill, cfg)
+            selection.append({"temperature": temperature, "alpha": alpha, "val_accuracy": best_validation(cfg.out_dir())[0]})
         chosen = max(selection, key=lambda s: s["val_accuracy"])
-        distilled = [timed(f"{setting}: distilled seed {seed}", run_distill,
+        distilled = [run_or_reuse(f"{setting}: distilled seed {seed}", run_distill,
                            distill_cfg(setting, seed, chosen["temperature"], chosen["alpha"], f"{tag}-distilled"))
                      for seed in args.seeds]
         rows = [teacher_row | {"name": f"teacher ({setting})"}, alone_row,
@@ -136,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "teacher": {"dir": str(teachers[setting].out_dir()), "test_accuracy": teacher_row["accuracy"],
                         "labels": args.labels if setting == "same labels" else 55000},
             "selection_on_validation": selection, "chosen": chosen,
-            "alone_val_accuracy_at_select_seed": _best(alone_runs[args.select_seed].out_dir())[0],
+            "alone_val_accuracy_at_select_seed": best_validation(alone_runs[args.select_seed].out_dir())[0],
             "rows": rows,
             "per_seed": {"student_alone": [r["accuracy"] for r in alone_rows],
                          "distilled": [r["accuracy"] for r in distilled]},
@@ -147,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         results[setting]["target_met"] = results[setting]["gain_points"] >= TARGETS[setting]
 
-    best_epochs = {f"alone seed {s}": _best(cfg.out_dir())[1] for s, cfg in alone_runs.items()}
+    best_epochs = {f"alone seed {s}": best_validation(cfg.out_dir())[1] for s, cfg in alone_runs.items()}
     report = {
         "benchmark": "transfer",
         "command": "python benchmarks/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:]),

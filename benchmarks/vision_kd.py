@@ -32,7 +32,8 @@ import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.report import aggregate_seeds, format_table, report_row
-from kdistill.runner import finished_row, read_run_config, run_distill, run_train
+from kdistill.runner import read_run_config, run_distill, run_train
+from runs import best_validation, run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
 TEACHER = {"name": "cnn", "channels": [32, 64, 128], "convs_per_stage": 2, "hidden": 256, "dropout": 0.3}
@@ -43,10 +44,6 @@ GRID = [(1.0, 0.5), (2.0, 0.5), (4.0, 0.5), (4.0, 0.1), (8.0, 0.1)]
 def _grid_point(text: str) -> tuple[float, float]:
     temperature, alpha = text.split(":")
     return float(temperature), float(alpha)
-
-
-def _best_val(run_dir: Path) -> float:
-    return max(json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,16 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     train = {"epochs": args.student_epochs, "lr": 3e-3, "weight_decay": 5e-4, "device": args.device}
     started = time.perf_counter()
 
-    def timed(label: str, fn, cfg):
-        """Train `cfg`, or reuse its run directory when that run finished with this exact config."""
-        t0 = time.perf_counter()
-        row = finished_row(cfg)
-        reused = row is not None
-        if not reused:
-            row = fn(cfg, overwrite=True, progress=False)
-        print(f"{label}: test {100 * row['accuracy']:.2f}% val(best) {100 * _best_val(cfg.out_dir()):.2f}% "
-              f"({'reused' if reused else f'{time.perf_counter() - t0:.0f} s'})", flush=True)
-        return row
 
     if args.teacher:
         teacher_dir = Path(args.teacher)
@@ -98,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_cfg = validate_config({"name": "fmnist-teacher", "role": "teacher", "data": teacher_data, "model": TEACHER,
                                        "train": {"epochs": args.teacher_epochs, "lr": 2e-3, "device": args.device},
                                        "out": str(teacher_dir)}, TrainRunConfig)
-        teacher_row = timed("teacher", run_train, teacher_cfg)
+        teacher_row = run_or_reuse("teacher", run_train, teacher_cfg)
     teacher_outputs = {"teacher_outputs": "cached", "cache": {"views": args.views}} if args.views else {}
 
     def student_cfg(seed: int, temperature: float | None, alpha: float | None, tag: str):
@@ -112,23 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     selection = []
     for temperature, alpha in args.grid:
         cfg = student_cfg(args.select_seed, temperature, alpha, f"select-T{temperature:g}-a{alpha:g}")
-        row = timed(f"select T={temperature:g} alpha={alpha:g}", run_distill, cfg)
-        selection.append({"temperature": temperature, "alpha": alpha, "val_accuracy": _best_val(cfg.out_dir()), "row": row})
+        row = run_or_reuse(f"select T={temperature:g} alpha={alpha:g}", run_distill, cfg)
+        selection.append({"temperature": temperature, "alpha": alpha, "val_accuracy": best_validation(cfg.out_dir())[0], "row": row})
     chosen = max(selection, key=lambda s: s["val_accuracy"])
     print(f"chosen on validation: T={chosen['temperature']:g} alpha={chosen['alpha']:g}", flush=True)
     # The student alone on the same seed, for reference: does distillation help on validation at all?
     # If the select seed is also reported, the loop below reuses this run (same config, same folder).
     reference_cfg = student_cfg(args.select_seed, None, None, "alone")
-    timed(f"alone seed {args.select_seed} (reference)", run_train, reference_cfg)
-    reference_val = _best_val(reference_cfg.out_dir())
+    run_or_reuse(f"alone seed {args.select_seed} (reference)", run_train, reference_cfg)
+    reference_val = best_validation(reference_cfg.out_dir())[0]
 
     alone, distilled = [], []
     for seed in args.seeds:
-        alone.append(timed(f"alone seed {seed}", run_train, student_cfg(seed, None, None, "alone")))
+        alone.append(run_or_reuse(f"alone seed {seed}", run_train, student_cfg(seed, None, None, "alone")))
         if seed == args.select_seed:  # the chosen selection run is this seed's distilled run: same config, same seed
             distilled.append(chosen["row"])
         else:
-            distilled.append(timed(f"distilled seed {seed}", run_distill,
+            distilled.append(run_or_reuse(f"distilled seed {seed}", run_distill,
                                    student_cfg(seed, chosen["temperature"], chosen["alpha"], "distilled")))
     rows = [teacher_row, aggregate_seeds(alone), aggregate_seeds(distilled)]
     rows[1]["name"], rows[2]["name"] = "student alone", "distilled"

@@ -72,3 +72,23 @@ def one_line_error(capsys, *needles: str) -> str:
     for needle in needles:
         assert needle in err, err
     return err
+
+
+def interrupt_distill(cfg, monkeypatch, at_call: int) -> None:
+    """Run the kd distill config `cfg` until the `at_call`-th call of KD.forward (the dry run is the first), which
+    raises KeyboardInterrupt as Ctrl-C would; KD.forward is whole again afterwards, for the test's resume."""
+    from kdistill.methods.kd import KD
+    from kdistill.runner import run_distill
+
+    original, calls = KD.forward, {"n": 0}
+
+    def dying_forward(self, *args):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(KD, "forward", dying_forward)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(cfg, progress=False)
+    monkeypatch.setattr(KD, "forward", original)

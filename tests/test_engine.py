@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, tree_digest, write_yaml
+from conftest import interrupt_distill, REPO, tree_digest, write_yaml
 from kdistill.config import DistillRunConfig, TrainConfig, validate_config
 from kdistill.data import load_dataset
 from kdistill.config import DataConfig
@@ -125,22 +125,8 @@ def test_exact_resume_after_interrupt(tmp_path, distill_config, monkeypatch):
     reference = validate_config(_resume_config(distill_config, tmp_path / "straight"), DistillRunConfig)
     run_distill(reference, progress=False)
 
-    from kdistill.methods.kd import KD
-
-    original = KD.forward
-    calls = {"n": 0}
-
-    def dying_forward(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 1 + 17 * 2 + 5:  # dry run + two full epochs (17 batches each) + 5 batches
-            raise KeyboardInterrupt
-        return original(self, *args)
-
     cfg = validate_config(_resume_config(distill_config, tmp_path / "resumed"), DistillRunConfig)
-    monkeypatch.setattr(KD, "forward", dying_forward)
-    with pytest.raises(KeyboardInterrupt):
-        run_distill(cfg, progress=False)
-    monkeypatch.setattr(KD, "forward", original)
+    interrupt_distill(cfg, monkeypatch, 1 + 17 * 2 + 5)  # dry run + two full epochs (17 batches each) + 5 batches
     out = tmp_path / "resumed"
     assert not (out / "report.json").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_cli, tree_digest, write_yaml
+from conftest import interrupt_distill, REPO, run_cli, tree_digest, write_yaml
 from kdistill.ownership import MANIFEST
 from kdistill.config import CacheConfig, DataConfig, DistillRunConfig, validate_config
 from kdistill.data import load_dataset
@@ -131,21 +131,8 @@ def test_cached_distillation_with_views_resumes_exactly(tmp_path, distill_config
     straight = validate_config({**raw, "out": str(tmp_path / "straight")}, DistillRunConfig)
     run_distill(straight, progress=False)
 
-    from kdistill.methods.kd import KD
-
-    original, calls = KD.forward, {"n": 0}
-
-    def dying_forward(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 1 + 17 + 5:  # dry run + one epoch (17 batches) + 5 batches
-            raise KeyboardInterrupt
-        return original(self, *args)
-
     resumed = validate_config({**raw, "out": str(tmp_path / "resumed")}, DistillRunConfig)
-    monkeypatch.setattr(KD, "forward", dying_forward)
-    with pytest.raises(KeyboardInterrupt):
-        run_distill(resumed, progress=False)
-    monkeypatch.setattr(KD, "forward", original)
+    interrupt_distill(resumed, monkeypatch, 1 + 17 + 5)  # dry run + one epoch (17 batches) + 5 batches
     run_distill(resumed, progress=False)
     a, b = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "resumed" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import run_cli, write_yaml
+from conftest import interrupt_distill, run_cli, write_yaml
 from kdistill.config import DataConfig, DistillRunConfig, validate_config
 from kdistill.data import load_dataset
 from kdistill.data.splits import Batch
@@ -209,21 +209,8 @@ def test_cached_distillation_with_unlabelled_samples_resumes_exactly(tmp_path, d
     raw["distill"] = {**raw["distill"], "teacher_outputs": "cached", "cache": {"views": 2, "dir": str(tmp_path / "cache")}}
     run_distill(validate_config(raw, DistillRunConfig), progress=False)
 
-    from kdistill.methods.kd import KD
-
-    original, calls = KD.forward, {"n": 0}
-
-    def dying_forward(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 1 + 17 + 5:  # dry run + one epoch (17 batches) + 5 batches
-            raise KeyboardInterrupt
-        return original(self, *args)
-
     resumed = validate_config({**raw, "out": str(tmp_path / "resumed")}, DistillRunConfig)
-    monkeypatch.setattr(KD, "forward", dying_forward)
-    with pytest.raises(KeyboardInterrupt):
-        run_distill(resumed, progress=False)
-    monkeypatch.setattr(KD, "forward", original)
+    interrupt_distill(resumed, monkeypatch, 1 + 17 + 5)  # dry run + one epoch (17 batches) + 5 batches
     run_distill(resumed, progress=False)
     a, b = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "resumed" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -36,20 +36,21 @@ SUBSET_SEED = 0  # one stratified draw for every run and seed: train_samples and
 MAX_UNLABELED_FILES = 50_000_000
 
 
-def labeled_count(labels: torch.Tensor) -> int:
-    return int((labels != UNLABELED).sum())
-
-
-def stratified_keep(splits: DataSplits, n: int, key: str) -> torch.Tensor:
-    """The sorted indices of a stratified draw of `n` training samples (seed SUBSET_SEED), checked against the split."""
-    total = len(splits.train)
+def stratified_keep(labels: np.ndarray, n: int, num_classes: int, key: str, what: str) -> np.ndarray:
+    """The sorted indices of a stratified draw of `n` of `labels` (seed SUBSET_SEED), checked: fewer than all, and
+    at least one per class. `what` names the samples in the errors ("training samples of digits")."""
+    total = len(labels)
     if n >= total:
-        raise KdistillError(f"data.{key}: {n} is not fewer than the {total} training samples of {splits.name} "
-                            f"(remove data.{key} to use them all)")
-    if n < splits.num_classes:
-        raise KdistillError(f"data.{key}: {n} is fewer than the {splits.num_classes} classes of {splits.name}")
-    _, keep = stratified_holdout(splits.train.labels.numpy(), n, SUBSET_SEED)
-    return torch.from_numpy(keep)
+        raise KdistillError(f"data.{key}: {n} is not fewer than the {total} {what} (remove data.{key} to use them all)")
+    if n < num_classes:
+        raise KdistillError(f"data.{key}: {n} is fewer than the {num_classes} classes")
+    _, keep = stratified_holdout(labels, n, SUBSET_SEED)
+    return keep
+
+
+def _keep(splits: DataSplits, n: int, key: str) -> torch.Tensor:
+    return torch.from_numpy(stratified_keep(splits.train.labels.numpy(), n, splits.num_classes, key,
+                                            f"training samples of {splits.name}"))
 
 
 def train_subset(splits: DataSplits, n: int, key: str = "train_samples") -> DataSplits:
@@ -60,7 +61,7 @@ def train_subset(splits: DataSplits, n: int, key: str = "train_samples") -> Data
     still sees inputs normalised as it was trained.
     """
     total = len(splits.train)
-    index = stratified_keep(splits, n, key)
+    index = _keep(splits, n, key)
     train = Split(take(splits.train.inputs, index), splits.train.labels[index])
     normalization = {**splits.normalization, key: f"{n} of {total} (stratified, seed {SUBSET_SEED})"}
     return replace(splits, train=train, normalization=normalization)
@@ -69,7 +70,7 @@ def train_subset(splits: DataSplits, n: int, key: str = "train_samples") -> Data
 def unlabel_rest(splits: DataSplits, n: int) -> DataSplits:
     """Keep the labels of the stratified `n` that `train_subset` would keep; the others become UNLABELED."""
     total = len(splits.train)
-    keep = stratified_keep(splits, n, "labeled_samples")
+    keep = _keep(splits, n, "labeled_samples")
     labels = torch.full_like(splits.train.labels, UNLABELED)
     labels[keep] = splits.train.labels[keep]
     normalization = {**splits.normalization,
@@ -85,14 +86,16 @@ def drop_unlabeled(splits: DataSplits) -> DataSplits:
     return replace(splits, train=Split(take(splits.train.inputs, keep), splits.train.labels[keep]))
 
 
-def transfer_note(splits: DataSplits) -> str | None:
-    """The run log's line on how many training samples carry labels, when some do not."""
-    total = len(splits.train)
-    labeled = labeled_count(splits.train.labels)
+def transfer_line(labeled: int, total: int, unit: str = "samples") -> str | None:
+    """The run log's line on how many training samples (or rows) carry labels, when some do not."""
     if labeled == total:
         return None
-    return (f"kdistill: data: {labeled:,} labelled and {total - labeled:,} unlabelled training samples (the "
+    return (f"kdistill: data: {labeled:,} labelled and {total - labeled:,} unlabelled training {unit} (the "
             "unlabelled ones learn from the teacher only)")
+
+
+def transfer_note(splits: DataSplits) -> str | None:
+    return transfer_line(int((splits.train.labels != UNLABELED).sum()), len(splits.train))
 
 
 def _image_files(root: Path) -> list[Path]:

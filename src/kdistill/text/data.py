@@ -17,8 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdistill.data.splits import stratified_holdout
-from kdistill.data.transfer import SUBSET_SEED, UNLABELED
+from kdistill.data.transfer import UNLABELED, stratified_keep
 from kdistill.errors import KdistillError
 from kdistill.jsonl import jsonl_values, load_dataset_dict
 
@@ -96,31 +95,37 @@ def _find(root: Path, given: str | None, candidates: list[str], split: str) -> P
     raise KdistillError(f"data: no {split} file in {root} (looked for {', '.join(candidates)}); set data.{split}: FILE")
 
 
-def _rows_csv(path: Path, text_col: str, label_col: str) -> list[tuple[str, str]]:
+def _rows_csv(path: Path, text_col: str, label_col: str | None, keys: str = "data.") -> list[tuple[str, str]]:
+    """(text, label) of each row; without `label_col` (unlabelled texts) the label is ""; `keys` prefixes the
+    config keys the errors name."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             for col, key in ((text_col, "text_column"), (label_col, "label_column")):
-                if col not in columns:
-                    raise KdistillError(f"{path}: no column {col!r} (columns: {', '.join(columns) or 'none'}); set data.{key}")
-            return [(row[text_col] or "", str(row[label_col])) for row in reader]
+                if col is not None and col not in columns:
+                    raise KdistillError(f"{path}: no column {col!r} (columns: {', '.join(columns) or 'none'}); set {keys}{key}")
+            return [(row[text_col] or "", "" if label_col is None else str(row[label_col])) for row in reader]
     except UnicodeDecodeError:
         raise KdistillError(f"{path}: not UTF-8 text") from None
     except csv.Error as exc:
         raise KdistillError(f"{path}: malformed CSV ({exc})") from None
 
 
-def _rows_jsonl(path: Path, text_col: str, label_col: str) -> list[tuple[str, str]]:
+def _rows_jsonl(path: Path, text_col: str, label_col: str | None, keys: str = "data.") -> list[tuple[str, str]]:
+    """As `_rows_csv`, for one JSON object per line."""
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise KdistillError(f"{path}: not UTF-8 text") from None
     for number, item in jsonl_values(lines, str(path)):
-        if not isinstance(item, dict) or text_col not in item or label_col not in item:
-            raise KdistillError(f"{path}:{number}: needs keys {text_col!r} and {label_col!r} (set data.text_column / data.label_column)")
-        rows.append((str(item[text_col]), str(item[label_col])))
+        if label_col is None and (not isinstance(item, dict) or text_col not in item):
+            raise KdistillError(f"{path}:{number}: needs the key {text_col!r} (set {keys}text_column)")
+        if label_col is not None and (not isinstance(item, dict) or text_col not in item or label_col not in item):
+            raise KdistillError(f"{path}:{number}: needs keys {text_col!r} and {label_col!r} (set {keys}text_column / "
+                                f"{keys}label_column)")
+        rows.append((str(item[text_col]), "" if label_col is None else str(item[label_col])))
     return rows
 
 
@@ -169,24 +174,8 @@ def _unlabeled_texts(cfg: UnlabeledTexts) -> list[str]:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise KdistillError(f"data.unlabeled.path: {path} not found")
-    texts: list[str] = []
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            if path.suffix.lower() in (".jsonl", ".json"):
-                for number, item in jsonl_values(fh, str(path)):
-                    if not isinstance(item, dict) or cfg.text_column not in item:
-                        raise KdistillError(f"{path}:{number}: needs the key {cfg.text_column!r} (set data.unlabeled.text_column)")
-                    texts.append(str(item[cfg.text_column]))
-            else:
-                reader = csv.DictReader(fh)
-                if cfg.text_column not in (reader.fieldnames or []):
-                    raise KdistillError(f"{path}: no column {cfg.text_column!r} (columns: "
-                                        f"{', '.join(reader.fieldnames or []) or 'none'}); set data.unlabeled.text_column")
-                texts = [row[cfg.text_column] or "" for row in reader]
-    except UnicodeDecodeError:
-        raise KdistillError(f"{path}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise KdistillError(f"{path}: malformed CSV ({exc})") from None
+    read = _rows_jsonl if path.suffix.lower() in (".jsonl", ".json") else _rows_csv
+    texts = [text for text, _ in read(path, cfg.text_column, None, keys="data.unlabeled.")]
     texts = texts[: cfg.limit] if cfg.limit else texts
     if not texts:
         raise KdistillError(f"data.unlabeled.path: {path} holds no texts")
@@ -198,12 +187,8 @@ def with_transfer_rows(splits: TextSplits, cfg: TextDataConfig, unlabeled: bool)
     the file's texts added when `unlabeled`, else only the labelled rows kept."""
     train = splits.train
     if cfg.labeled_samples is not None:
-        if cfg.labeled_samples >= len(train):
-            raise KdistillError(f"data.labeled_samples: {cfg.labeled_samples} is not fewer than the {len(train)} "
-                                "training rows (remove it to use them all)")
-        if cfg.labeled_samples < len(splits.labels):
-            raise KdistillError(f"data.labeled_samples: {cfg.labeled_samples} is fewer than the {len(splits.labels)} classes")
-        _, keep = stratified_holdout(np.array([row["label"] for row in train]), cfg.labeled_samples, SUBSET_SEED)
+        keep = stratified_keep(np.array([row["label"] for row in train]), cfg.labeled_samples, len(splits.labels),
+                               "labeled_samples", "training rows")
         kept = set(keep.tolist())
         train = [row if i in kept else {**row, "label": UNLABELED} for i, row in enumerate(train)] if unlabeled \
             else [train[i] for i in keep]

@@ -20,7 +20,7 @@ import torch
 
 from kdistill import distributed, threads
 from kdistill.config import dump_config, load_config, run_role
-from kdistill.data.transfer import UNLABELED
+from kdistill.data.transfer import UNLABELED, transfer_line
 from kdistill.methods.base import check_labels, learns_from_unlabeled
 from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
@@ -389,11 +389,11 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
     ctx = join_processes(cfg)
     data = load_text_splits(cfg.data, unlabeled=learns_from_unlabeled(method))
-    unlabeled = sum(row["label"] == UNLABELED for row in data.train)
-    check_labels(method, torch.tensor([row["label"] for row in data.train]))
-    if unlabeled and ctx.is_main:
-        print(f"kdistill: data: {len(data.train) - unlabeled:,} labelled and {unlabeled:,} unlabelled training rows (the "
-              "unlabelled ones learn from the teacher only)", file=sys.stderr)
+    labels = torch.tensor([row["label"] for row in data.train])
+    check_labels(method, labels)
+    note = transfer_line(int((labels != UNLABELED).sum()), len(labels), "rows")
+    if note and ctx.is_main:
+        print(note, file=sys.stderr)
     teacher_dir = _hf_path(cfg.teacher, "teacher")
     teacher, teacher_tok = load_classifier(teacher_dir, "teacher")
     _check_teacher(teacher, teacher_dir, data)
