@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming bench-transfer bench-fm
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming bench-transfer bench-fm bench-text-transfer
 
 venv: $(STAMP)
 
@@ -55,3 +55,6 @@ bench-transfer: $(STAMP)
 
 bench-fm: $(STAMP)
 	$(BIN)/python benchmarks/function_matching.py
+
+bench-text-transfer: $(STAMP)
+	$(BIN)/python benchmarks/text_transfer.py

@@ -32,6 +32,7 @@ from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.report import aggregate_seeds, format_table, report_row
 from kdistill.runner import run_distill, run_train
 from runs import run_or_reuse
+from transfer import all_labels_teacher
 
 ROOT = Path(__file__).resolve().parent
 STUDENT = {"name": "cnn", "channels": [16, 32, 32]}
@@ -40,7 +41,10 @@ TARGET = 1.0  # points over the student alone, beyond the seed spread (issue 19)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="runs/bench-transfer/teacher-all-seed0")
+    parser.add_argument("--teacher", default=None,
+                        help="a finished teacher run (default: benchmarks/transfer.py's all-labels teacher, "
+                             "trained here into --transfer-work when it has not finished)")
+    parser.add_argument("--transfer-work", default="runs/bench-transfer", help="where benchmarks/transfer.py's runs are")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--work", default="runs/bench-fm")
     parser.add_argument("--results", default=str(ROOT / "results"))
@@ -52,10 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=1.0, help="mixup's Beta(alpha, alpha)")
     args = parser.parse_args(argv)
 
-    work = Path(args.work)
-    teacher_dir = Path(args.teacher)
+    work = Path(args.work).resolve()  # absolute: a run is reused only when its config, out path included, matches
+    if args.teacher is None:
+        teacher_cfg = all_labels_teacher(Path(args.transfer_work).resolve(), args.data_root, device=args.device)
+        run_or_reuse("teacher (all labels)", run_train, teacher_cfg)
+        teacher_dir = teacher_cfg.out_dir()
+    else:
+        teacher_dir = Path(args.teacher)
     if not (teacher_dir / "report.json").is_file():
-        raise SystemExit(f"{teacher_dir}: not a finished teacher run (run benchmarks/transfer.py first, or --teacher)")
+        raise SystemExit(f"{teacher_dir}: not a finished teacher run")
     plain = ["random-crop", "hflip"]
     mixed = plain + [{"name": "mixup", "alpha": args.alpha}]
     data = {"name": "fashion-mnist", "root": args.data_root, "batch_size": 128}

@@ -41,6 +41,20 @@ GRID = [(1.0, 0.5), (4.0, 0.1)]
 TARGETS = {"same labels": 3.5, "all labels": 8.0}  # points over the student alone (issue 19)
 
 
+def train_config(work: Path, name: str, model: dict, data: dict, epochs: int, seed: int, lr: float, role: str,
+                 device: str) -> TrainRunConfig:
+    """The config of one supervised run of this benchmark (AdamW, weight decay 5e-4, cosine), in work/NAME-seedSEED."""
+    return validate_config({"name": name, "role": role, "seed": seed, "data": data, "model": model,
+                            "train": {"epochs": epochs, "lr": lr, "weight_decay": 5e-4, "device": device},
+                            "out": str(work / f"{name}-seed{seed}")}, TrainRunConfig)
+
+
+def all_labels_teacher(work: Path, data_root: str | None, epochs: int = 20, device: str = "auto") -> TrainRunConfig:
+    """The teacher trained on all 55,000 labels (benchmarks/function_matching.py distils it too)."""
+    data = {"name": "fashion-mnist", "root": data_root, "batch_size": 128, "augment": AUGMENT}
+    return train_config(work, "teacher-all", TEACHER, data, epochs, 0, 2e-3, "teacher", device)
+
+
 def _grid_point(text: str) -> tuple[float, float]:
     temperature, alpha = text.split(":")
     return float(temperature), float(alpha)
@@ -66,19 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     args = parser.parse_args(argv)
 
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # absolute: a run is reused only when its config, out path included, matches
     data = {"name": "fashion-mnist", "root": args.data_root, "batch_size": 128, "augment": AUGMENT}
     few = {**data, "labeled_samples": args.labels}
     started = time.perf_counter()
 
     def train_cfg(name: str, model: dict, data_: dict, epochs: int, seed: int, lr: float, role: str) -> TrainRunConfig:
-        return validate_config({"name": name, "role": role, "seed": seed, "data": data_, "model": model,
-                                "train": {"epochs": epochs, "lr": lr, "weight_decay": 5e-4, "device": args.device},
-                                "out": str(work / f"{name}-seed{seed}")}, TrainRunConfig)
+        return train_config(work, name, model, data_, epochs, seed, lr, role, args.device)
 
     teachers = {
         "same labels": train_cfg("teacher-few", TEACHER, few, args.few_label_epochs, 0, 2e-3, "teacher"),
-        "all labels": train_cfg("teacher-all", TEACHER, data, args.teacher_epochs, 0, 2e-3, "teacher"),
+        "all labels": all_labels_teacher(work, args.data_root, args.teacher_epochs, args.device),
     }
     alone_runs = {seed: train_cfg("alone", STUDENT, few, args.few_label_epochs, seed, 3e-3, "student")
                   for seed in [args.select_seed, *args.seeds]}
