@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming bench-transfer bench-fm bench-text-transfer
+.PHONY: demo test venv clean bench bench-vision bench-speed bench-methods bench-text bench-lm bench-teachers bench-streaming bench-transfer bench-fm bench-text-transfer bench-methods-tuned
 
 venv: $(STAMP)
 
@@ -32,6 +32,9 @@ bench-speed: $(STAMP)
 
 bench-methods: $(STAMP)
 	$(BIN)/python benchmarks/methods.py
+
+bench-methods-tuned: $(STAMP)
+	$(BIN)/python benchmarks/methods.py --tune
 
 bench-text: $(STAMP)
 	$(BIN)/python benchmarks/text_kd.py
