@@ -358,3 +358,33 @@ def test_text_baseline_trains_the_same_student_alone(text_runs, text_data, tmp_p
     assert alone["role"] == "student" and rows[1]["accuracy"] == alone["accuracy"]
     assert "ce" in json.loads((tmp_path / "tb" / "alone-seed0" / "metrics.jsonl").read_text().splitlines()[0])
     assert (tmp_path / "tb" / "compare" / "compare.md").is_file()
+
+
+@pytest.mark.parametrize("student, distill, terms", [
+    ({"from_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}},
+     {"method": "tinybert", "attention_weight": 0.5, "terms": [{"method": "kd", "temperature": 2.0}]},
+     ["ce", "hidden", "attention", "kd"]),
+    ({"from_teacher": {"num_layers": 2}}, {"method": "minilm"}, ["ce", "attention", "value_relation"]),
+], ids=["tinybert+kd", "minilm"])
+def test_text_feature_methods_distil_through_the_cli(text_runs, text_data, tmp_path, student, distill, terms):
+    """TinyBERT (a narrower student: its projection trains with it, then leaves the saved model) and MiniLM read
+    both encoders' layers through hooks, with the live teacher."""
+    from safetensors import safe_open
+
+    cfg = {"task": "text-classification", "name": "feat", "data": _data(text_data), "teacher": str(text_runs["teacher"]),
+           "student": student, "distill": distill, "train": {"epochs": 2, "lr": 1e-3, "device": "cpu"},
+           "out": str(tmp_path / "feat")}
+    result = run_cli("distill", str(write_yaml(tmp_path / "feat.yaml", cfg)), "-q")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "feat" / "metrics.jsonl").read_text().splitlines()]
+    assert set(terms) <= set(lines[0]), lines[0]
+    assert lines[0]["loss"] == pytest.approx(sum(lines[0][t] for t in terms), rel=1e-4)
+    assert all(lines[0][t] > 0 for t in terms)
+    with safe_open(str(tmp_path / "feat" / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "kdistill_method" in k]
+    checkpoint = sorted((tmp_path / "feat" / "state").glob("checkpoint-*"))[-1]
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:  # the resume checkpoint keeps the projection
+        assert bool([k for k in f.keys() if "kdistill_method" in k]) == (distill["method"] == "tinybert")
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "feat")
+    assert loaded.config.num_hidden_layers == 2
+    assert json.loads((tmp_path / "feat" / "report.json").read_text())["rows"][0]["agreement_with_teacher"] is not None

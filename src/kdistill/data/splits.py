@@ -23,6 +23,7 @@ class Batch(NamedTuple):
     index: torch.Tensor
     labeled_share: float | None = None
     mixed: tuple[torch.Tensor, torch.Tensor] | None = None  # (partner labels, lambda) of mixup / cutmix images
+    attention_mask: torch.Tensor | None = None  # text: (B, L), 1 for a real token, 0 for padding
 
     def label_weights(self) -> torch.Tensor:
         """Each sample's weight in the label term: 1 if labelled, else 0; for a mixed image, lambda for its own

@@ -401,6 +401,9 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     student, student_tok = build_student(cfg, teacher, teacher_tok, data.labels)
     out = cfg.out_dir()
     resuming = ctx.broadcast_object(ctx.on_main(lambda: prepare_hf_run(cfg, out, overwrite, data.labels, [teacher_dir])))
+    if method.reads_teacher_features and not same_tokenizer(student_tok, teacher_tok):
+        raise KdistillError(f"distill.method {method.name!r} compares the models token by token: teacher and student "
+                            "need the same tokenizer (use a logit method, e.g. kd, across tokenizers)")
     if same_tokenizer(student_tok, teacher_tok):
         train_ds = _tokenized(data.train, student_tok, cfg.data.max_length)
         val_ds = _tokenized(data.val, student_tok, cfg.data.max_length)
@@ -408,7 +411,8 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     else:  # different tokenizers: each model gets its own encoding of the same text
         train_ds, val_ds = data.train, data.val
         collator = TeacherStudentCollator(student_tok, teacher_tok, max_length=cfg.data.max_length)
-    if cfg.distill.cache_teacher_logits and method.needs_teacher:  # one teacher pass per split, not one per epoch
+    # One teacher pass per split, not one per epoch; a feature method reads the teacher's layers, so it runs live.
+    if cfg.distill.cache_teacher_logits and method.needs_teacher and not method.reads_teacher_features:
         train_ds = with_teacher_logits(train_ds, data.train, teacher, teacher_tok, cfg.data.max_length, run_device(cfg))
         val_ds = with_teacher_logits(val_ds, data.val, teacher, teacher_tok, cfg.data.max_length, run_device(cfg))
         collator = CachedLogitsCollator(collator)

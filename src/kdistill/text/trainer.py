@@ -20,6 +20,9 @@ term's mean over the logged steps is logged beside the loss (`loss_kd`, `loss_ce
 - Cached teacher logits: a dataset column `cached_teacher_logits` (computed once before training,
   `CachedLogitsCollator` batches it) replaces the teacher's forward pass; the teacher is in eval
   mode and sees the same text, so the loss is the same and an epoch costs the student's alone.
+- Feature methods (TinyBERT, MiniLM: `reads_teacher_features`) are bound to both models' layers here, and
+  run with the live teacher on the same tokenization; a method's trainable connector sits in the student as
+  `kdistill_method` while it trains (so the optimiser, DDP and checkpoints hold it) and is taken off after.
 - A teacher whose label count or label names differ from the student's is refused.
 - A non-finite training loss stops the run with one line (kdistill.text.guard).
 """
@@ -42,6 +45,7 @@ from kdistill.text.guard import MethodTrainer
 
 TEACHER_PREFIX = "teacher_"
 CACHED_LOGITS = "cached_teacher_logits"
+METHOD_MODULE = "kdistill_method"  # where a method with trainable parts sits in the student while it trains
 
 
 @dataclass
@@ -137,10 +141,22 @@ class DistillationTrainer(MethodTrainer):
         self.method = method if method is not None else build_method(
             "kd", {"alpha": self.args.alpha, "temperature": self.args.temperature})
         check_task(self.method, "text")
+        if self.method.reads_teacher_features:  # TinyBERT, MiniLM: hook both models' layers
+            self.method.bind(self.model, teacher_model, None, len(self.train_dataset or []))
         if list(self.method.parameters()):
-            raise KdistillError(f"method {self.method.name!r} has trainable parts of its own, which the Trainer's "
-                                "optimiser would not see")
+            # A connector (TinyBERT's projection) trains with the student: held by the model during training, it is
+            # in the Trainer's optimiser, DDP's gradient all-reduce and its checkpoints; `train` takes it off again.
+            self.method.to(next(self.model.parameters()).device)
+            self.model.add_module(METHOD_MODULE, self.method)
         self.add_callback(_MethodEpochs(self.method))
+
+    def train(self, *args: Any, **kwargs: Any):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # the student is saved, evaluated and exported without the method's connectors and hooks
+            if METHOD_MODULE in self.model._modules:
+                del self.model._modules[METHOD_MODULE]
+            self.method.unbind()
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -165,7 +181,11 @@ class DistillationTrainer(MethodTrainer):
             with torch.inference_mode():
                 teacher_logits = self.teacher(**(teacher_inputs or student_inputs)).logits
             teacher_logits = teacher_logits.clone()  # an ordinary tensor (constant) for the loss's graph
-        batch = Batch(student_inputs.get("input_ids"), labels, torch.arange(labels.shape[0]))
+        if teacher_inputs and self.method.reads_teacher_features:
+            raise KdistillError(f"distill.method {self.method.name!r} compares the models token by token: teacher and "
+                                "student need the same tokenizer")
+        batch = Batch(student_inputs.get("input_ids"), labels, torch.arange(labels.shape[0]),
+                      attention_mask=student_inputs.get("attention_mask"))
         self.method.train(model.training)
         terms = self.method(batch, outputs.logits, teacher_logits)
         loss = sum(terms.values())
