@@ -43,10 +43,11 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_every_registered_method_has_a_case():
-    """Every vision method is trained here; the causal-LM ones in tests/test_token_losses.py and tests/test_lm.py."""
+    """Every vision method is trained here; the causal-LM ones in tests/test_token_losses.py and tests/test_lm.py,
+    the text feature methods in tests/test_transformer_methods.py and tests/test_text_cli.py."""
     assert set(METHOD_CASES) == {name for name, cls in METHODS.items() if "vision" in cls.tasks} - {"ce"}
     assert {name for name, cls in METHODS.items() if "vision" not in cls.tasks} == {
-        "forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"}
+        "forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv", "tinybert", "minilm"}
 
 
 @pytest.mark.parametrize("name", sorted(METHOD_CASES))

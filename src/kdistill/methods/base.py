@@ -118,7 +118,7 @@ def check_task(method: Method, task: str, where: str = "distill.method") -> None
     for member in method.members():
         if task not in member.tasks:
             raise KdistillError(f"{where}: method {member.name!r} runs on {' and '.join(member.tasks)} tasks only "
-                                f"(not {task}); logit methods run on every task: "
+                                f"(not {task}); methods that run on {task} tasks: "
                                 + ", ".join(sorted(n for n, c in METHODS.items() if task in c.tasks)))
 
 
