@@ -82,7 +82,7 @@ def method_config(name: str, seed: int, args: argparse.Namespace, teacher_dir: P
     cls = METHODS[name]
     distill = {"method": name, **SETTINGS.get(name, {})}
     if not cls.reads_teacher_features and cls.needs_teacher:  # logits only: read from the teacher cache
-        distill |= {"teacher_outputs": "cached", "cache": {"views": args.views, "dir": str(Path(args.work).resolve() / "cache")}}
+        distill |= {"teacher_outputs": "cached", "cache": {"views": args.views, "dir": str(Path(args.work) / "cache")}}
     cfg = {"name": name, "seed": seed, "data": data, "student": args.student, "distill": distill, "train": train,
            "out": str(out)}
     if cls.needs_teacher:
@@ -109,6 +109,15 @@ def tuned_overrides(label: str, raw: dict, space: dict, trials: int, directory: 
           flush=True)
     return {"overrides": best["overrides"], "val_accuracy": best["val_accuracy"],
             "trials": len(summary["trials"]), "sweep_seconds": sum(t["seconds"] or 0 for t in summary["trials"])}
+
+
+def _mean_known(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if known else None
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def with_values(raw: dict, values: dict) -> dict:
@@ -163,19 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         alone = validate_config({"seed": seed, "data": data, "train": train, "name": "alone", "role": "student",
                                  "model": args.student, "out": str(work / f"alone-seed{seed}")}, TrainRunConfig)
-        runs.setdefault("student alone", []).append(timed(f"student alone seed {seed}", run_train, alone))
+        runs.setdefault("student alone", []).append(run_or_reuse(f"student alone seed {seed}", run_train, alone))
         for name in args.methods:
             raw = method_config(name, seed, args, teacher_dir, data, train, work / f"{name}-seed{seed}")
             if name in tuned:
                 raw = with_values(raw, tuned[name]["overrides"])
-            runs.setdefault(name, []).append(timed(f"{name} seed {seed}", run_distill, validate_config(raw, DistillRunConfig)))
+            runs.setdefault(name, []).append(run_or_reuse(f"{name} seed {seed}", run_distill,
+                                                          validate_config(raw, DistillRunConfig)))
 
     alone_row = aggregate_seeds(runs["student alone"])
     defaults = untuned_results(args) if args.tune else {}
-    rows, summary = [], []
+    summary = []
     for label, seeds in runs.items():
-        agg = aggregate_seeds(seeds) | {"name": label}
-        rows.append(agg)
+        agg = aggregate_seeds(seeds)
         gain = 100 * (agg["accuracy"] - alone_row["accuracy"])
         spread = 100 * max(agg["accuracy_std"], alone_row["accuracy_std"])
         summary.append({"method": label, "teacher_outputs": "-" if label == "student alone" else teacher_outputs(label, args.views),
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                         "std": agg["accuracy_std"], "per_seed": [r["accuracy"] for r in seeds], "gain_points": gain,
                         "beats_alone_beyond_spread": label != "student alone" and gain > spread,
                         "defaults": defaults.get(label),
-                        "wall_seconds_per_run": statistics.mean(r["wall_seconds"] for r in seeds)})
+                        "wall_seconds_per_run": _mean_known([r["wall_seconds"] for r in seeds])})
     result = {
         "benchmark": "methods-tuned" if args.tune else "methods",
         "command": "python benchmarks/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -199,21 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = (tuned_lines if args.tune else default_lines)(result, args, teacher_row, teacher_dir)
-    lines += ["", "Efficiency of the student (the same for every row):", "", format_table([rows[0]])]
+    lines += ["", "Efficiency of the student (the same for every row):", "", format_table([alone_row | {"name": "student alone"}])]
     (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
-
-
-def timed(label: str, runner, cfg) -> dict:
-    """run_or_reuse, with the run's training seconds kept beside its folder (a reused run keeps its first time)."""
-    seconds_file = Path(f"{cfg.out_dir()}.seconds")
-    t0 = time.perf_counter()
-    row = run_or_reuse(label, runner, cfg)
-    if not seconds_file.is_file() or time.perf_counter() - t0 > 5:
-        seconds_file.write_text(f"{time.perf_counter() - t0:.1f}\n")
-    row["wall_seconds"] = float(seconds_file.read_text())
-    return row
 
 
 def untuned_results(args: argparse.Namespace) -> dict[str, dict]:
@@ -244,7 +242,7 @@ def default_lines(result: dict, args: argparse.Namespace, teacher_row: dict, tea
         "|---|---|---|---|---|---|---|",
         *[f"| {s['method']} | {s['teacher_outputs']} | {json.dumps(s['settings']) if s['settings'] else '-'} | "
           f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}% | {s['gain_points']:+.2f} | "
-          f"{', '.join(f'{100 * a:.2f}' for a in s['per_seed'])} | {s['wall_seconds_per_run']:.0f} |" for s in result["methods"]],
+          f"{', '.join(f'{100 * a:.2f}' for a in s['per_seed'])} | {_seconds(s['wall_seconds_per_run'])} |" for s in result["methods"]],
     ]
 
 
@@ -278,7 +276,7 @@ def tuned_lines(result: dict, args: argparse.Namespace, teacher_row: dict, teach
         *[f"| {s['method']} | {s['teacher_outputs']} | {_values(s['tuned']['overrides']) if s['tuned'] else '-'} | "
           f"{sweep_val(s)} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f}% | "
           f"{s['gain_points']:+.2f} | {'yes' if s['beats_alone_beyond_spread'] else '-'} | {untuned(s)} | "
-          f"{', '.join(f'{100 * a:.2f}' for a in s['per_seed'])} | {s['wall_seconds_per_run']:.0f} |" for s in result["methods"]],
+          f"{', '.join(f'{100 * a:.2f}' for a in s['per_seed'])} | {_seconds(s['wall_seconds_per_run'])} |" for s in result["methods"]],
         "", f"Methods that beat the tuned student alone by more than the larger seed std: **{len(beating)}** "
         f"({', '.join(beating) or 'none'}); target ≥ 4: **{'met' if len(beating) >= 4 else 'missed'}**.",
     ]

@@ -22,52 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from kdistill.runner import finished_row
+from kdistill.report import aggregate_seeds
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.runner import run_text_distill, run_text_train
-from runs import best_validation
+from runs import best_validation, grid_point, run_or_reuse
 from text_kd import student_init
 
 ROOT = Path(__file__).resolve().parent
 DEBIAN = ROOT.parent.parent / "shared" / "data" / "debian-sections"
 TARGET = 1.5  # points over the student alone (issue 19)
-
-
-def _grid_point(text: str) -> tuple[float, float]:
-    temperature, alpha = text.split(":")
-    return float(temperature), float(alpha)
-
-
-def run_or_reuse(label: str, cfg, runner) -> dict:
-    """The test row of `cfg`, reused when its run finished with this config; the training time is kept beside it."""
-    out = Path(cfg.out)
-    wall_file = out.parent / f"{out.name}.seconds"
-    row = finished_row(cfg)
-    reused = row is not None
-    if not reused:
-        t0 = time.perf_counter()
-        row = runner(cfg, overwrite=True, progress=False)
-        wall_file.write_text(f"{time.perf_counter() - t0:.1f}\n")
-    row["wall_seconds"] = float(wall_file.read_text()) if wall_file.is_file() else None
-    best, epoch = best_validation(out)
-    took = "reused" if reused else f"{row['wall_seconds']:.0f} s"
-    print(f"{label}: test {100 * row['accuracy']:.2f}% val(best) {100 * best:.2f}% at epoch {epoch} ({took})", flush=True)
-    return row
-
-
-def summary(rows: list[dict]) -> dict:
-    accuracies = [r["accuracy"] for r in rows]
-    return {"accuracy_mean": statistics.mean(accuracies),
-            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-            "per_seed": accuracies, "params": rows[0]["params"],
-            "wall_seconds_per_run": [r.get("wall_seconds") for r in rows]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the student alone on the labelled rows, picked on validation (one: given)")
     parser.add_argument("--teacher-lr", type=float, default=1e-4)
     parser.add_argument("--student-lr", type=float, default=2e-4)
-    parser.add_argument("--grid", type=_grid_point, nargs="+", default=[(2.0, 0.5), (4.0, 0.1)],
+    parser.add_argument("--grid", type=grid_point, nargs="+", default=[(2.0, 0.5), (4.0, 0.1)],
                         help="T:alpha pairs tried on validation (one: given, no selection runs)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -108,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return {"epochs": epochs, "lr": lr, "device": args.device}
 
     teacher_dir = work / "teacher"
-    teacher = run_or_reuse("teacher (all rows)", TextTrainRunConfig.model_validate(
+    teacher = run_or_reuse("teacher (all rows)", run_text_train, TextTrainRunConfig.model_validate(
         {"task": "text-classification", "name": "teacher", "seed": 0, "data": data, "model": f"hf:{minilm}",
-         "train": train(args.teacher_epochs, args.teacher_lr), "out": str(teacher_dir)}), run_text_train)
+         "train": train(args.teacher_epochs, args.teacher_lr), "out": str(teacher_dir)}))
     init = student_init(minilm, args.student_layers, work / f"minilm-L{args.student_layers}")
 
     def alone(seed: int, epochs: int) -> TextTrainRunConfig:
@@ -128,25 +97,28 @@ def main(argv: list[str] | None = None) -> int:
     alone_selection = []  # a grid of one point is taken as given: no selection runs
     for epochs in args.alone_grid if len(args.alone_grid) > 1 else []:
         cfg = alone(args.select_seed, epochs)
-        run_or_reuse(f"alone: select {epochs} epochs", cfg, run_text_train)
+        run_or_reuse(f"alone: select {epochs} epochs", run_text_train, cfg)
         alone_selection.append({"epochs": epochs, "val_accuracy": best_validation(cfg.out_dir())[0]})
     alone_epochs = max(alone_selection, key=lambda s: s["val_accuracy"])["epochs"] if alone_selection else args.alone_grid[0]
     selection = []
     for temperature, alpha in args.grid if len(args.grid) > 1 else []:
         cfg = distilled(args.select_seed, temperature, alpha)
-        run_or_reuse(f"distilled: select T={temperature:g} alpha={alpha:g}", cfg, run_text_distill)
+        run_or_reuse(f"distilled: select T={temperature:g} alpha={alpha:g}", run_text_distill, cfg)
         selection.append({"temperature": temperature, "alpha": alpha, "val_accuracy": best_validation(cfg.out_dir())[0]})
     chosen = max(selection, key=lambda s: s["val_accuracy"]) if selection else \
         {"temperature": args.grid[0][0], "alpha": args.grid[0][1], "val_accuracy": None}
 
-    alone_rows = [run_or_reuse(f"alone seed {seed}", alone(seed, alone_epochs), run_text_train) for seed in args.seeds]
-    distilled_rows = [run_or_reuse(f"distilled seed {seed}", distilled(seed, chosen["temperature"], chosen["alpha"]),
-                                   run_text_distill) for seed in args.seeds]
-    rows = {"teacher (all rows)": summary([teacher]), "student alone": summary(alone_rows),
-            "distilled": summary(distilled_rows)}
+    alone_rows = [run_or_reuse(f"alone seed {seed}", run_text_train, alone(seed, alone_epochs)) for seed in args.seeds]
+    distilled_rows = [run_or_reuse(f"distilled seed {seed}", run_text_distill,
+                                   distilled(seed, chosen["temperature"], chosen["alpha"])) for seed in args.seeds]
+    members = {"teacher (all rows)": [teacher], "student alone": alone_rows, "distilled": distilled_rows}
+    rows = {name: aggregate_seeds(runs) | {"wall_seconds_per_run": [r["wall_seconds"] for r in runs]}
+            for name, runs in members.items()}
     gains = [100 * (d["accuracy"] - a["accuracy"]) for d, a in zip(distilled_rows, alone_rows)]
-    gain = 100 * (rows["distilled"]["accuracy_mean"] - rows["student alone"]["accuracy_mean"])
+    gain = 100 * (rows["distilled"]["accuracy"] - rows["student alone"]["accuracy"])
     spread = 100 * max(rows["student alone"]["accuracy_std"], rows["distilled"]["accuracy_std"])
+    # Training time of the runs in the table, kept beside each run: the same on a rerun that reuses them.
+    trained = [w for row in rows.values() for w in row["wall_seconds_per_run"]]
     result = {
         "benchmark": "text_transfer",
         "command": "python benchmarks/text_transfer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -157,14 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         "selection_on_validation": selection, "chosen": chosen, "rows": rows,
         "gain_points": gain, "gain_points_per_seed": gains, "spread_points": spread,
         "target_points": TARGET, "target_met": gain >= TARGET, "seconds": time.perf_counter() - started,
+        "training_seconds": None if None in trained else sum(trained),
     }
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
     def pct(row: dict) -> str:
-        std = f" ± {100 * row['accuracy_std']:.2f}" if len(row["per_seed"]) > 1 else ""
-        return f"{100 * row['accuracy_mean']:.2f}{std}%"
+        std = f" ± {100 * row['accuracy_std']:.2f}" if len(row["accuracy_per_seed"]) > 1 else ""
+        return f"{100 * row['accuracy']:.2f}{std}%"
+
+    took = "" if result["training_seconds"] is None else f"; {result['training_seconds'] / 60:.0f} minutes of training in all"
 
     lines = [
         f"# Debian sections with {args.labels:,} labels and the rest of the training split unlabelled", "",
@@ -176,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.student_epochs} epochs over every row (teacher logits cached), T {chosen['temperature']:g} and alpha "
         f"{chosen['alpha']:g}{f' picked on validation at seed {args.select_seed}' if selection else ' (not tuned)'}; "
         f"every run evaluates its best validation epoch; test accuracy over seeds "
-        f"{', '.join(map(str, args.seeds))}; {result['seconds'] / 60:.0f} minutes in all.", "",
+        f"{', '.join(map(str, args.seeds))}{took}.", "",
         "| model | test accuracy | per seed | params | train s / run |", "|---|---|---|---|---|",
-        *[f"| {name} | {pct(row)} | {', '.join(f'{100 * a:.2f}' for a in row['per_seed'])} | {row['params']:,} | "
+        *[f"| {name} | {pct(row)} | {', '.join(f'{100 * a:.2f}' for a in row['accuracy_per_seed'])} | {row['params']:,} | "
           f"{', '.join(f'{w:.0f}' for w in row['wall_seconds_per_run'] if w is not None) or '-'} |"
           for name, row in rows.items()], "",
         f"Gain: **{gain:+.2f} points** (per seed: {', '.join(f'{g:+.2f}' for g in gains)}; largest seed std "

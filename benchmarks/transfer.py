@@ -31,7 +31,7 @@ import torch
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.report import aggregate_seeds, format_table
 from kdistill.runner import run_distill, run_train
-from runs import best_validation, run_or_reuse
+from runs import best_validation, grid_point, run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
 TEACHER = {"name": "cnn", "channels": [32, 64, 128], "convs_per_stage": 2, "hidden": 256, "dropout": 0.3}
@@ -55,11 +55,6 @@ def all_labels_teacher(work: Path, data_root: str | None, epochs: int = 20, devi
     return train_config(work, "teacher-all", TEACHER, data, epochs, 0, 2e-3, "teacher", device)
 
 
-def _grid_point(text: str) -> tuple[float, float]:
-    temperature, alpha = text.split(":")
-    return float(temperature), float(alpha)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
@@ -76,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                              "student alone): as many as it takes to stop improving on validation")
     parser.add_argument("--student-epochs", type=int, default=20, help="epochs of the distilled students (over all images)")
     parser.add_argument("--views", type=int, default=4, help="teacher-cache views per image")
-    parser.add_argument("--grid", type=_grid_point, nargs="+", default=GRID, help="T:alpha pairs tried on validation")
+    parser.add_argument("--grid", type=grid_point, nargs="+", default=GRID, help="T:alpha pairs tried on validation")
     parser.add_argument("--rows", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     args = parser.parse_args(argv)
 

@@ -33,17 +33,12 @@ import torch
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.report import aggregate_seeds, format_table, report_row
 from kdistill.runner import read_run_config, run_distill, run_train
-from runs import best_validation, run_or_reuse
+from runs import best_validation, grid_point, run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
 TEACHER = {"name": "cnn", "channels": [32, 64, 128], "convs_per_stage": 2, "hidden": 256, "dropout": 0.3}
 STUDENT = {"name": "cnn", "channels": [8, 16, 32]}  # 2% of the teacher's parameters
 GRID = [(1.0, 0.5), (2.0, 0.5), (4.0, 0.5), (4.0, 0.1), (8.0, 0.1)]
-
-
-def _grid_point(text: str) -> tuple[float, float]:
-    temperature, alpha = text.split(":")
-    return float(temperature), float(alpha)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the pick's luck on its seed does not flatter the reported mean)")
     parser.add_argument("--train-samples", type=int, default=None,
                         help="students train on this many training images (stratified, the same for every run)")
-    parser.add_argument("--grid", type=_grid_point, nargs="+", default=GRID, help="T:alpha pairs tried on validation")
+    parser.add_argument("--grid", type=grid_point, nargs="+", default=GRID, help="T:alpha pairs tried on validation")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
