@@ -384,7 +384,8 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
 
-    from kdistill.text.trainer import CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator
+    from kdistill.text.trainer import (CachedLogitsCollator, DistillationTrainer, TeacherStudentCollator,
+                                      check_same_tokenization)
 
     method = cfg.distill.build_method()  # a bad method or parameter fails before any model loads
     ctx = join_processes(cfg)
@@ -399,12 +400,11 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     _check_teacher(teacher, teacher_dir, data)
     set_seed(cfg.seed)
     student, student_tok = build_student(cfg, teacher, teacher_tok, data.labels)
+    one_tokenizer = same_tokenizer(student_tok, teacher_tok)
+    check_same_tokenization(method, not one_tokenizer)  # before the run directory is written
     out = cfg.out_dir()
     resuming = ctx.broadcast_object(ctx.on_main(lambda: prepare_hf_run(cfg, out, overwrite, data.labels, [teacher_dir])))
-    if method.reads_teacher_features and not same_tokenizer(student_tok, teacher_tok):
-        raise KdistillError(f"distill.method {method.name!r} compares the models token by token: teacher and student "
-                            "need the same tokenizer (use a logit method, e.g. kd, across tokenizers)")
-    if same_tokenizer(student_tok, teacher_tok):
+    if one_tokenizer:
         train_ds = _tokenized(data.train, student_tok, cfg.data.max_length)
         val_ds = _tokenized(data.val, student_tok, cfg.data.max_length)
         collator = DataCollatorWithPadding(student_tok)

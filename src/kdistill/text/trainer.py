@@ -104,6 +104,13 @@ class TeacherStudentCollator:
         return batch
 
 
+def check_same_tokenization(method: Method, tokenizers_differ: bool) -> None:
+    """One line when a feature method, which compares the models token by token, gets two tokenizations."""
+    if tokenizers_differ and method.reads_teacher_features:
+        raise KdistillError(f"distill.method {method.name!r} compares the models token by token: teacher and student "
+                            "need the same tokenizer (use a logit method, e.g. kd, across tokenizers)")
+
+
 class CachedLogitsCollator:
     """Wraps a collator: stacks each example's `cached_teacher_logits` into one float tensor and batches
     the rest with `base`."""
@@ -155,7 +162,7 @@ class DistillationTrainer(MethodTrainer):
             return super().train(*args, **kwargs)
         finally:  # the student is saved, evaluated and exported without the method's connectors and hooks
             if METHOD_MODULE in self.model._modules:
-                del self.model._modules[METHOD_MODULE]
+                delattr(self.model, METHOD_MODULE)
             self.method.unbind()
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -181,9 +188,7 @@ class DistillationTrainer(MethodTrainer):
             with torch.inference_mode():
                 teacher_logits = self.teacher(**(teacher_inputs or student_inputs)).logits
             teacher_logits = teacher_logits.clone()  # an ordinary tensor (constant) for the loss's graph
-        if teacher_inputs and self.method.reads_teacher_features:
-            raise KdistillError(f"distill.method {self.method.name!r} compares the models token by token: teacher and "
-                                "student need the same tokenizer")
+        check_same_tokenization(self.method, bool(teacher_inputs))
         batch = Batch(student_inputs.get("input_ids"), labels, torch.arange(labels.shape[0]),
                       attention_mask=student_inputs.get("attention_mask"))
         self.method.train(model.training)
