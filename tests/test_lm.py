@@ -263,6 +263,27 @@ def test_train_cache_distill_evaluate_from_the_cli(lm_teacher, tmp_path):
     assert json.loads((tmp_path / "student" / "report-val.json").read_text())["rows"][0]["split"] == "val"
 
 
+def test_kdistill_sweep_minimises_the_validation_perplexity_of_a_causal_lm(lm_teacher, tmp_path):
+    """On causal-LM configs the sweep's objective is the lowest validation perplexity of a trial's epochs."""
+    pytest.importorskip("optuna")
+    cfg = lm_config(tmp_path, lm_teacher)
+    cfg["train"]["epochs"] = 2
+    del cfg["out"]
+    cfg["sweep"] = {"seed": 0, "prune": False, "space": {"distill.alpha": [0.0, 1.0]}}
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(write_yaml(tmp_path / "s.yaml", cfg)), "--trials", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "trials.json").read_text())
+    assert summary["objective"] == "best validation perplexity"
+    trials = summary["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete"]
+    for t in trials:
+        epochs = [json.loads(line) for line in (Path(t["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        assert t["val_perplexity"] == pytest.approx(min(e["val_perplexity"] for e in epochs), rel=1e-9)
+        assert t["test_perplexity"] > 1
+    assert summary["best"]["val_perplexity"] == min(t["val_perplexity"] for t in trials)
+    assert "val perplexity" in (out / "trials.md").read_text()
+
+
 def test_a_cache_of_another_temperature_is_refused_naming_it(lm_teacher, tmp_path, capsys):
     config = write_yaml(tmp_path / "d.yaml", lm_config(tmp_path, lm_teacher, teacher_outputs="cached",
                                                        cache={"top_k": 4, "dir": str(tmp_path / "cache")}))

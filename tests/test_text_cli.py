@@ -388,3 +388,34 @@ def test_text_feature_methods_distil_through_the_cli(text_runs, text_data, tmp_p
     loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "feat")
     assert loaded.config.num_hidden_layers == 2
     assert json.loads((tmp_path / "feat" / "report.json").read_text())["rows"][0]["agreement_with_teacher"] is not None
+
+
+def test_kdistill_sweep_searches_a_text_config(text_runs, text_data, tmp_path):
+    """`kdistill sweep` on a text config: each trial is a Hugging Face distill run, reported epoch by epoch; the
+    objective is the run's own best validation accuracy, and best.yaml is a valid text config of the best trial."""
+    pytest.importorskip("optuna")
+    cfg = {"task": "text-classification", "name": "tsw", "data": _data(text_data), "teacher": str(text_runs["teacher"]),
+           "student": {"from_teacher": {"num_layers": 1}}, "distill": {"temperature": 2.0, "alpha": 0.5},
+           "train": {"epochs": 2, "lr": 1e-3, "device": "cpu"},
+           "sweep": {"seed": 0, "startup_trials": 2, "space": {"distill.temperature": {"low": 1.0, "high": 8.0}}}}
+    path = write_yaml(tmp_path / "sweep.yaml", cfg)
+    out = tmp_path / "sweep"
+    result = run_cli("sweep", str(path), "--trials", "3", "--out", str(out), "--methods", "kd", "dist")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "trials.json").read_text())
+    assert summary["objective"] == "best validation accuracy" and len(summary["trials"]) == 3
+    complete = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert complete and {t["state"] for t in summary["trials"]} <= {"complete", "pruned"}
+    for t in complete:
+        epochs = [json.loads(line) for line in (Path(t["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        assert len(epochs) == 2 and t["epochs"] == 2
+        assert t["val_accuracy"] == pytest.approx(max(e["val_accuracy"] for e in epochs), abs=1e-9)
+        assert t["test_accuracy"] == json.loads((Path(t["run_dir"]) / "report.json").read_text())["rows"][0]["accuracy"]
+        assert t["overrides"]["distill.method"] in ("kd", "dist")
+    assert summary["best"]["val_accuracy"] == max(t["val_accuracy"] for t in complete)
+    from kdistill import tasks
+
+    best = tasks.for_config(out / "best.yaml", []).load_config(out / "best.yaml", [], "distill")
+    assert best.distill.method == summary["best"]["overrides"]["distill.method"]
+    again = run_cli("sweep", str(path), "--trials", "3", "--out", str(out), "--methods", "kd", "dist")
+    assert again.returncode == 0 and "running" not in again.stdout  # a finished study runs no more trials

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w_text = "search distill hyperparameters (temperature, alpha, method, ...) with Optuna; resumable"
     w = sub.add_parser("sweep", help=w_text, description=w_text + ". Each trial is a distill run of CONFIG in "
-                       "<sweep dir>/trial-NNN; the objective is the best validation accuracy; a median pruner stops poor "
+                       "<sweep dir>/trial-NNN (vision, text or causal-LM); the objective is the best validation accuracy (the "
+                       "lowest validation perplexity for causal LMs); a median pruner stops poor "
                        "trials; the study is kept in <sweep dir>/study.db, so the same command continues it. The search "
                        "space is the config's sweep.space (default: distill.temperature in [1, 20] log, distill.alpha "
                        "in [0, 1]). Writes trials.md, trials.json and best.yaml.")

@@ -1,9 +1,10 @@
 """`kdistill sweep CONFIG --trials N`: search distillation hyperparameters with Optuna.
 
 Each trial is a full `kdistill distill` run of the config with sampled values, in
-`<sweep dir>/trial-NNN`. The objective is the best validation accuracy over the run's epochs
-(the test split is reported, never used to choose). After every epoch the trial reports its
-validation accuracy, and a median pruner stops trials that fall below the median of earlier
+`<sweep dir>/trial-NNN`, for every task (image and text classifiers, causal LMs). The objective is
+the best validation score over the run's epochs: accuracy for classifiers, the lowest perplexity for
+causal LMs (the test split is reported, never used to choose). After every epoch the trial reports
+its validation score, and a median pruner stops trials that fall behind the median of earlier
 trials at the same epoch. The study lives in `<sweep dir>/study.db` (SQLite), so running the
 same command again continues the sweep: finished and pruned trials are kept, a trial that was
 running when the sweep was killed is retried with the same values.
@@ -29,14 +30,14 @@ import copy
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 from pydantic import ValidationError
 
-from kdistill.config import (DistillConfig, DistillRunConfig, SweepConfig, apply_overrides, format_validation_error, read_yaml,
-                             validate_config)
+from kdistill.config import SweepConfig, apply_overrides, format_validation_error, read_yaml, validate_config
 from kdistill.errors import KdistillError, NonFiniteError
 from kdistill.rundir import write_text_atomic
 from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
@@ -64,8 +65,45 @@ def _suggest(trial: Any, name: str, spec: Any) -> Any:
     return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=bool(spec.get("log")))
 
 
-def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str) -> dict[str, Any]:
-    """The dotted overrides of one trial (define-by-run: a method's parameters only when it is chosen)."""
+@dataclass(frozen=True)
+class Objective:
+    """What a sweep of one task's configs optimises: the epoch record's validation key, the report row's test
+    key, and their direction (from kdistill.tasks)."""
+
+    val_key: str
+    test_key: str
+    maximize: bool
+
+    @classmethod
+    def of(cls, task: Any) -> "Objective":
+        return cls(task.validation_key, task.score_key, task.higher_is_better)
+
+    @property
+    def test_name(self) -> str:  # "test_accuracy", "test_perplexity": the trials' columns
+        return "test_" + self.test_key
+
+    @property
+    def name(self) -> str:  # "validation accuracy", "validation perplexity"
+        return "validation " + self.val_key.removeprefix("val_")
+
+    def best(self, values: list[float]) -> float:
+        return max(values) if self.maximize else min(values)
+
+    def show(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.2f}%" if "accuracy" in self.val_key else f"{value:.3f}"
+
+
+def _distill_settings(config_model: type) -> type:
+    """The model of a run config's `distill` section (vision, text and causal-LM runs each have their own)."""
+    return config_model.model_fields["distill"].annotation
+
+
+def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str,
+                     settings: type | None = None) -> dict[str, Any]:
+    """The dotted overrides of one trial (define-by-run: a method's parameters only when it is chosen);
+    `settings` is the task's `distill` section model (default: the vision one)."""
     from kdistill.methods import METHODS
 
     values: dict[str, Any] = {}
@@ -81,7 +119,7 @@ def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str) -> di
         if parts[0] == "distill" and len(parts) == 2 and parts[1] not in METHODS:
             if parts[1] in fields:  # named per method: each keeps its own distribution (alpha means different things)
                 values[key] = _suggest(trial, f"{method}.{parts[1]}", spec)
-            elif parts[1] in DistillConfig.model_fields:  # teacher_outputs, teacher_precision, ...
+            elif parts[1] in _settings_fields(settings):  # teacher_outputs, teacher_precision, ...
                 values[key] = _suggest(trial, key, spec)
         elif parts[0] == "distill" and len(parts) >= 3 and parts[1] in METHODS:
             if parts[1] == method:
@@ -91,11 +129,19 @@ def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str) -> di
     return values
 
 
-def _check_distill_keys(space: dict[str, Any]) -> None:
+def _settings_fields(settings: type | None) -> set[str]:
+    if settings is None:
+        from kdistill.config import DistillConfig
+
+        settings = DistillConfig
+    return set(settings.model_fields)
+
+
+def _check_distill_keys(space: dict[str, Any], settings: type | None = None) -> None:
     """`distill.X` must be a setting of some method (or of `distill` itself): a typo would otherwise never be sampled."""
     from kdistill.methods import METHODS
 
-    known = set(DistillConfig.model_fields) | {f for cls in METHODS.values() for f in cls.Params.model_fields}
+    known = _settings_fields(settings) | {f for cls in METHODS.values() for f in cls.Params.model_fields}
     for key in space:
         parts = key.split(".")
         if parts[0] != "distill" or key == "distill.method":
@@ -107,14 +153,15 @@ def _check_distill_keys(space: dict[str, Any]) -> None:
                                 f"(it has: {', '.join(sorted(_method_fields(parts[1])))})")
 
 
-def _settings_into_section(raw: dict[str, Any], method: str) -> dict[str, Any]:
+def _settings_into_section(raw: dict[str, Any], method: str, settings: type | None = None) -> dict[str, Any]:
     """Move the config's top-level method settings (`distill.alpha: 0.5`) into its method's own section
     (`distill.kd: {alpha: 0.5}`), so that a trial of another method does not receive them."""
     from kdistill.methods import METHODS
 
     raw = copy.deepcopy(raw)
     distill = raw.setdefault("distill", {})
-    moved = {k: distill.pop(k) for k in list(distill) if k not in DistillConfig.model_fields and k not in METHODS}
+    own = _settings_fields(settings)
+    moved = {k: distill.pop(k) for k in list(distill) if k not in own and k not in METHODS}
     if moved:
         distill[method] = {**moved, **(distill.get(method) or {})}
     return raw
@@ -159,8 +206,12 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
         raise KdistillError("kdistill sweep needs Optuna: pip install 'kdistill[sweep]'") from None
     from optuna.trial import TrialState
 
-    from kdistill.runner import run_distill
+    from kdistill import tasks
 
+    task = tasks.for_config(config_path, overrides)
+    config_model = task.config_model("distill")
+    settings = _distill_settings(config_model)
+    objective = Objective.of(task)
     raw = apply_overrides(read_yaml(config_path), overrides)
     raw.setdefault("name", Path(config_path).stem)
     try:
@@ -173,10 +224,10 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
         for name in methods:
             _method_fields(name)  # an unknown name fails here, before anything is written
         sweep.space["distill.method"] = list(methods)
-    _check_distill_keys(sweep.space)
-    base = validate_config(raw, DistillRunConfig, source=str(config_path))  # the config itself must be valid
+    _check_distill_keys(sweep.space, settings)
+    base = validate_config(raw, config_model, source=str(config_path))  # the config itself must be valid
     if "distill.method" in sweep.space:
-        raw = _settings_into_section(raw, base.distill.method)
+        raw = _settings_into_section(raw, base.distill.method, settings)
     directory = Path(out or sweep.out or f"runs/{base.name}-sweep")
     _prepare_dir(directory)
     lock = _lock(directory)
@@ -187,7 +238,7 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
                   if sweep.prune else optuna.pruners.NopPruner())
         sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(1, sweep.trials // 2)))
         study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction="maximize", load_if_exists=True)
+                                    direction="maximize" if objective.maximize else "minimize", load_if_exists=True)
         fingerprint = _fingerprint(raw, sweep)
         recorded = study.user_attrs.get("fingerprint")
         if recorded is None:
@@ -211,23 +262,23 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
         def objective(trial: Any) -> float:
-            values = sample_overrides(trial, sweep.space, base.distill.method)
+            values = sample_overrides(trial, sweep.space, base.distill.method, settings)
             run_dir = Owned(directory).path(f"trial-{trial.number:03d}", kind=FOLDER)
             trial_raw = apply_overrides(raw, _to_override_list(values) + [f"out={run_dir}", f"name={base.name}-trial{trial.number}"])
-            cfg = validate_config(trial_raw, DistillRunConfig, source=f"{config_path} (trial {trial.number}: {values})")
+            cfg = validate_config(trial_raw, config_model, source=f"{config_path} (trial {trial.number}: {values})")
             trial.set_user_attr("overrides", values)
-            best = {"val": -1.0, "epoch": 0}
+            scores: list[float] = []
 
             def report(record: dict) -> None:
-                best["val"] = max(best["val"], record["val_accuracy"])
-                trial.report(record["val_accuracy"], record["epoch"])
+                scores.append(record[objective.val_key])
+                trial.report(record[objective.val_key], record["epoch"])
                 trial.set_user_attr("epochs", record["epoch"])
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
             t0 = time.perf_counter()
             try:
-                row = run_distill(cfg, overwrite=True, progress=False, on_epoch_end=report)
+                row = task.run("distill", cfg, overwrite=True, progress=False, on_epoch_end=report)
             except KeyboardInterrupt:
                 trial.set_user_attr("interrupted", True)  # Optuna marks it failed; the next sweep runs it again
                 raise
@@ -239,19 +290,19 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
             except optuna.TrialPruned:
                 trial.set_user_attr("seconds", time.perf_counter() - t0)
                 log(f"trial {trial.number}: {_describe(values)} -> pruned at epoch {trial.user_attrs.get('epochs')} "
-                    f"(val {100 * best['val']:.2f}%)")
+                    f"(val {objective.show(objective.best(scores))})")
                 raise
             trial.set_user_attr("seconds", time.perf_counter() - t0)
-            trial.set_user_attr("test_accuracy", row["accuracy"])
-            log(f"trial {trial.number}: {_describe(values)} -> val {100 * best['val']:.2f}% "
+            trial.set_user_attr(objective.test_name, row[objective.test_key])
+            log(f"trial {trial.number}: {_describe(values)} -> val {objective.show(objective.best(scores))} "
                 f"({time.perf_counter() - t0:.0f} s)")
-            return best["val"]
+            return objective.best(scores)
 
         remaining = max(0, sweep.trials - done)
         if remaining:
             log(f"sweep {directory}: {done} trial(s) done, running {remaining} more")
             study.optimize(objective, n_trials=remaining, catch=())
-        summary = _write_summary(study, raw, directory, config_path)
+        summary = _write_summary(study, raw, directory, config_path, objective)
     finally:
         lock.unlink(missing_ok=True)
     return summary
@@ -271,36 +322,40 @@ def _describe(values: dict[str, Any]) -> str:
                     for k, v in values.items())
 
 
-def _write_summary(study: Any, raw: dict[str, Any], directory: Path, config_path: str | Path) -> dict[str, Any]:
+def _write_summary(study: Any, raw: dict[str, Any], directory: Path, config_path: str | Path,
+                   objective: Objective) -> dict[str, Any]:
     from optuna.trial import TrialState
 
+    val_key, test_key = objective.val_key, objective.test_name
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"trial": t.number, "state": "diverged" if t.user_attrs.get("diverged") else t.state.name.lower(), "overrides": t.user_attrs.get("overrides", {}),
-                     "val_accuracy": t.value if t.state == TrialState.COMPLETE else
-                     (max(t.intermediate_values.values()) if t.intermediate_values else None),
-                     "epochs": t.user_attrs.get("epochs"), "test_accuracy": t.user_attrs.get("test_accuracy"),
+                     val_key: t.value if t.state == TrialState.COMPLETE else
+                     (objective.best(list(t.intermediate_values.values())) if t.intermediate_values else None),
+                     "epochs": t.user_attrs.get("epochs"), test_key: t.user_attrs.get(test_key),
                      "seconds": t.user_attrs.get("seconds"), "run_dir": str(directory / f"trial-{t.number:03d}")})
     complete = [r for r in rows if r["state"] == "complete"]
     if not complete:
         raise KdistillError(f"sweep {directory}: no trial completed; see {directory}/trial-*")
-    best = max(complete, key=lambda r: (r["val_accuracy"], -r["trial"]))
+    sign = 1 if objective.maximize else -1  # best first: the higher accuracy, the lower perplexity; then the earlier trial
+    best = max(complete, key=lambda r: (sign * r[val_key], -r["trial"]))
     best_raw = apply_overrides(raw, _to_override_list(best["overrides"]) + [f"out={directory / 'best'}"])
-    summary = {"config": str(config_path), "study": str(directory / "study.db"), "objective": "best validation accuracy",
+    summary = {"config": str(config_path), "study": str(directory / "study.db"), "objective": f"best {objective.name}",
                "best": best, "trials": rows}
     write_text_atomic(directory / "best.yaml",
-        f"# kdistill sweep: trial {best['trial']} of {len(rows)}, validation accuracy {100 * best['val_accuracy']:.2f}%.\n"
+        f"# kdistill sweep: trial {best['trial']} of {len(rows)}, {objective.name} {objective.show(best[val_key])}.\n"
         f"# Reproduce: kdistill distill {directory / 'best.yaml'}\n" + yaml.safe_dump(best_raw, sort_keys=False))
     write_text_atomic(directory / "trials.json", json.dumps(summary, indent=2) + "\n")
-    lines = [f"# Sweep of {config_path} ({len(rows)} trials, objective: best validation accuracy)", "",
-             "| trial | state | values | val accuracy | epochs | test accuracy | seconds |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: -(r["val_accuracy"] or -1)):
-        val = "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
-        test = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}%"
+    metric = objective.val_key.removeprefix("val_")
+    lines = [f"# Sweep of {config_path} ({len(rows)} trials, objective: best {objective.name})", "",
+             f"| trial | state | values | val {metric} | epochs | test {metric} | seconds |", "|---|---|---|---|---|---|---|"]
+    unknown_last = float("inf")
+    for r in sorted(rows, key=lambda r: -sign * r[val_key] if r[val_key] is not None else unknown_last):
         secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
         mark = " (best)" if r is best else ""
-        lines.append(f"| {r['trial']}{mark} | {r['state']} | {_describe(r['overrides'])} | {val} | {r['epochs'] or '-'} | {test} | {secs} |")
+        lines.append(f"| {r['trial']}{mark} | {r['state']} | {_describe(r['overrides'])} | {objective.show(r[val_key])} | "
+                     f"{r['epochs'] or '-'} | {objective.show(r[test_key])} | {secs} |")
     lines += ["", f"Best: trial {best['trial']}, {_describe(best['overrides'])}; config in {directory / 'best.yaml'}. "
-              "Trials are chosen on validation accuracy; test accuracy is shown, never used to choose."]
+              f"Trials are chosen on {objective.name}; test {metric} is shown, never used to choose."]
     write_text_atomic(directory / "trials.md", "\n".join(lines) + "\n")
     return summary

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kdistill.config import _RunConfig, _Strict
+from kdistill.config import SweepConfig, _RunConfig, _Strict
 from kdistill.lm.data import LMDataConfig
 from kdistill.text.config import FromTeacher, TextTrainConfig, _check_hf
 
@@ -118,6 +118,7 @@ class LMDistillRunConfig(_LMRun):
     teacher: str
     student: str | LMStudentSpec
     distill: LMDistillSettings = Field(default_factory=LMDistillSettings)
+    sweep: SweepConfig | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")
 
     @field_validator("student")
     @classmethod

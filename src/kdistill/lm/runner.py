@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -47,7 +47,8 @@ def _train_tokens_per_s(trainer: Any, block_size: int) -> float | None:
 
 
 def _fit(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, method: Any, out: Path, resuming: bool, progress: bool,
-         teacher: Any = None, cache: Any = None, chunk: int = 1024, generation: Any = None) -> Any:
+         teacher: Any = None, cache: Any = None, chunk: int = 1024, generation: Any = None,
+         on_epoch_end: Callable[[dict], None] | None = None) -> Any:
     from transformers import default_data_collator
 
     from kdistill.lm.trainer import BlockDataset, TokenTrainer
@@ -58,7 +59,7 @@ def _fit(cfg: Any, model: Any, tokenizer: Any, data: LMSplits, method: Any, out:
                            data_collator=default_data_collator, method=method, teacher=teacher, chunk_tokens=chunk,
                            cache_temperature=cache.temperature if cache else 1.0,
                            generation=generation)
-    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg)
+    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg, on_epoch_end)
     return trainer
 
 
@@ -78,7 +79,8 @@ def _prepare(cfg: Any, out: Path, overwrite: bool, protected: list[Path]) -> boo
 
 
 @threads.counted
-def run_lm_train(cfg: LMTrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_lm_train(cfg: LMTrainRunConfig, *, overwrite: bool = False, progress: bool = True,
+                 on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train a causal LM on next-token CE alone (a student trained alone, or fine-tuning); the test report row."""
     require_lm_extra()
     from transformers import set_seed
@@ -100,7 +102,8 @@ def run_lm_train(cfg: LMTrainRunConfig, *, overwrite: bool = False, progress: bo
     data = _load_data(cfg, tokenizer)
     out = cfg.out_dir()
     resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, [source])))
-    trainer = _fit(cfg, model, tokenizer, data, build_method("ce", {}), out, resuming, progress, chunk=cfg.chunk_tokens)
+    trainer = _fit(cfg, model, tokenizer, data, build_method("ce", {}), out, resuming, progress, chunk=cfg.chunk_tokens,
+                   on_epoch_end=on_epoch_end)
     if not ctx.is_main:
         return {}
     row = _report(cfg, model, tokenizer, data, "test", out, cfg.role, None, cfg.chunk_tokens,
@@ -185,7 +188,8 @@ def run_lm_cache_teacher(cfg: LMDistillRunConfig, *, rebuild: bool = False, prog
 
 
 @threads.counted
-def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress: bool = True,
+                   on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Distil the teacher into the student on next-token distributions; the test report row."""
     from kdistill.text.runner import join_processes
 
@@ -209,7 +213,7 @@ def run_lm_distill(cfg: LMDistillRunConfig, *, overwrite: bool = False, progress
     resuming = ctx.broadcast_object(ctx.on_main(lambda: _prepare(cfg, out, overwrite, sources)))
     live = teacher if cache is None else None
     trainer = _fit(cfg, student, student_tok, data, method, out, resuming, progress, teacher=live, cache=cache,
-                   chunk=cfg.distill.chunk_tokens, generation=cfg.generation())
+                   chunk=cfg.distill.chunk_tokens, generation=cfg.generation(), on_epoch_end=on_epoch_end)
     if not ctx.is_main:
         return {}
     record = {"path": str(teacher_dir.resolve()), "weights_sha256": teacher_sha256} | ({"cache": str(cache.path.resolve()),

@@ -12,11 +12,11 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
-from kdistill.config import read_yaml, run_role
+from kdistill.config import load_config, read_yaml, run_role
 from kdistill.errors import KdistillError
 from kdistill.export import ExportSource
 from kdistill.samples import TensorSamples, TextSamples
@@ -55,12 +55,18 @@ class Task(ABC):
         """Is this run directory one of this task's?"""
 
     @abstractmethod
-    def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
-        """The validated config of `command` (train | distill)."""
+    def config_model(self, command: str) -> type:
+        """The pydantic model of `command`'s configs (train | distill): `kdistill sweep` validates each trial's with it."""
 
     @abstractmethod
-    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool) -> dict[str, Any]:
-        """Train or distill; the test report row ({} on processes other than rank 0)."""
+    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool,
+            on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        """Train or distill; the test report row ({} on processes other than rank 0). `on_epoch_end` receives each
+        epoch's metrics record (with `epoch` and the validation metrics, e.g. `val_accuracy`)."""
+
+    def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
+        """The validated config of `command` (train | distill): the YAML file with its overrides."""
+        return load_config(path, overrides, self.config_model(command))
 
     @abstractmethod
     def evaluate(self, run_dir: Path, split: str, data_overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,6 +80,7 @@ class Task(ABC):
     default_role = "teacher"  # of a train config without a `role`
     score_key = "accuracy"  # the report row's headline number (kdistill.baseline compares runs by it)
     higher_is_better = True
+    validation_key = "val_accuracy"  # the epoch record's validation score (kdistill sweep's objective), same direction
 
     def role(self, run_dir: Path) -> str:
         """teacher | student | distilled, read from the run's config (distill configs have a `student`)."""

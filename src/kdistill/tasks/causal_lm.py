@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kdistill.errors import KdistillError
 from kdistill.export import ExportSource
-from kdistill.lm.config import TASK
+from kdistill.lm.config import TASK, LMDistillRunConfig, LMTrainRunConfig
 from kdistill.tasks.base import OpenedRun, Task, run_task_name
 
 
@@ -18,6 +18,7 @@ class CausalLMTask(Task):
     default_role = "student"
     score_key = "perplexity"
     higher_is_better = False
+    validation_key = "val_perplexity"
 
     def claims_config(self, raw: dict[str, Any]) -> bool:
         return raw.get("task") == TASK
@@ -25,20 +26,20 @@ class CausalLMTask(Task):
     def claims_run(self, run_dir: Path) -> bool:
         return run_task_name(run_dir) == TASK
 
-    def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
-        from kdistill.lm.runner import load_lm_config
+    def config_model(self, command: str) -> type:
+        return LMTrainRunConfig if command == "train" else LMDistillRunConfig
 
-        return load_lm_config(path, overrides, distill=command == "distill")
-
-    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool) -> dict[str, Any]:
+    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool,
+            on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
         from kdistill.lm.runner import run_lm_distill, run_lm_train
 
-        return (run_lm_train if command == "train" else run_lm_distill)(cfg, overwrite=overwrite, progress=progress)
+        run = run_lm_train if command == "train" else run_lm_distill
+        return run(cfg, overwrite=overwrite, progress=progress, on_epoch_end=on_epoch_end)
 
     def cache_teacher(self, path: str | Path, overrides: list[str], *, rebuild: bool, progress: bool) -> Path:
-        from kdistill.lm.runner import load_lm_config, run_lm_cache_teacher
+        from kdistill.lm.runner import run_lm_cache_teacher
 
-        cache = run_lm_cache_teacher(load_lm_config(path, overrides, distill=True), rebuild=rebuild, progress=progress)
+        cache = run_lm_cache_teacher(self.load_config(path, overrides, "distill"), rebuild=rebuild, progress=progress)
         return cache.path
 
     def evaluate(self, run_dir: Path, split: str, data_overrides: dict[str, Any] | None) -> dict[str, Any]:

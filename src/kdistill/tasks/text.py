@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kdistill.export import ExportSource
+from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.tasks.base import OpenedRun, Task, role_of_config, run_task_name
-from kdistill.text.runner import TASK, load_text_config
+from kdistill.text.runner import TASK
 
 
 class TextClassificationTask(Task):
@@ -21,13 +22,15 @@ class TextClassificationTask(Task):
     def claims_run(self, run_dir: Path) -> bool:
         return run_task_name(run_dir) == TASK
 
-    def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
-        return load_text_config(path, overrides, distill=command == "distill")
+    def config_model(self, command: str) -> type:
+        return TextTrainRunConfig if command == "train" else TextDistillRunConfig
 
-    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool) -> dict[str, Any]:
+    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool,
+            on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
         from kdistill.text.runner import run_text_distill, run_text_train
 
-        return (run_text_train if command == "train" else run_text_distill)(cfg, overwrite=overwrite, progress=progress)
+        run = run_text_train if command == "train" else run_text_distill
+        return run(cfg, overwrite=overwrite, progress=progress, on_epoch_end=on_epoch_end)
 
     def evaluate(self, run_dir: Path, split: str, data_overrides: dict[str, Any] | None) -> dict[str, Any]:
         from kdistill.text.runner import evaluate_text_run

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from kdistill.config import DistillRunConfig, TrainRunConfig, load_config
+from kdistill.config import DistillRunConfig, TrainRunConfig
 from kdistill.export import ExportSource
 from kdistill.rundir import is_run_dir
 from kdistill.samples import TensorSamples
@@ -28,15 +28,17 @@ class VisionTask(Task):
     def cache_teacher(self, path: str | Path, overrides: list[str], *, rebuild: bool, progress: bool) -> Path:
         from kdistill.runner import run_cache_teacher
 
-        return run_cache_teacher(load_config(path, overrides, DistillRunConfig), rebuild=rebuild, progress=progress).path
+        return run_cache_teacher(self.load_config(path, overrides, "distill"), rebuild=rebuild, progress=progress).path
 
-    def load_config(self, path: str | Path, overrides: list[str], command: str) -> Any:
-        return load_config(path, overrides, TrainRunConfig if command == "train" else DistillRunConfig)
+    def config_model(self, command: str) -> type:
+        return TrainRunConfig if command == "train" else DistillRunConfig
 
-    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool) -> dict[str, Any]:
+    def run(self, command: str, cfg: Any, *, overwrite: bool, progress: bool,
+            on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
         from kdistill.runner import run_distill, run_train
 
-        return (run_train if command == "train" else run_distill)(cfg, overwrite=overwrite, progress=progress)
+        run = run_train if command == "train" else run_distill
+        return run(cfg, overwrite=overwrite, progress=progress, on_epoch_end=on_epoch_end)
 
     def evaluate(self, run_dir: Path, split: str, data_overrides: dict[str, Any] | None) -> dict[str, Any]:
         from kdistill.runner import evaluate_run

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kdistill.config import TrainConfig, _RunConfig, _Strict
+from kdistill.config import SweepConfig, TrainConfig, _RunConfig, _Strict
 from kdistill.text.data import TextDataConfig
 
 
@@ -117,6 +117,7 @@ class TextDistillRunConfig(_TextRun):
     teacher: str
     student: str | StudentSpec
     distill: TextDistillSettings = Field(default_factory=TextDistillSettings)
+    sweep: SweepConfig | None = Field(None, description="read by `kdistill sweep` (kdistill.sweep); `distill` ignores it")
 
     @field_validator("student")
     @classmethod

@@ -1,6 +1,7 @@
 """What kdistill's runs add to the Hugging Face Trainer: the NaN guard, a frozen teacher and logged loss terms
 (`MethodTrainer`, the base of the text and causal-LM trainers), the thread share of kdistill.threads, and the
-record (kdistill.ownership) of each checkpoint folder the Trainer is about to save in `state/`.
+record (kdistill.ownership) of each checkpoint folder the Trainer is about to save in `state/`, and each epoch's
+evaluation handed to a listener (`EpochEnd`, for `kdistill sweep`).
 
 The guard: a Trainer whose training step stops the run when its loss went non-finite.
 
@@ -55,6 +56,19 @@ class RecordCheckpoints(TrainerCallback):
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if control.should_save and state.is_world_process_zero:
             Owned(Path(args.output_dir)).claim(f"checkpoint-{state.global_step}", kind=TREE)
+
+
+class EpochEnd(TrainerCallback):
+    """Hand each end-of-epoch evaluation to `listener` as the record metrics.jsonl writes (`to_record` of the
+    Trainer's metrics, with its epoch): what `kdistill sweep` reports to its pruner, as the vision engine's
+    `on_epoch_end` does. Rank 0 only; an exception from the listener (a pruned trial) stops the run."""
+
+    def __init__(self, listener: Any, to_record: Any):
+        self.listener, self.to_record = listener, to_record
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and metrics:
+            self.listener({"epoch": int(round(state.epoch or 0)), **self.to_record(metrics)})
 
 
 class MethodTrainer(GuardedTrainer):

@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,7 +25,7 @@ from kdistill.methods.base import check_labels, learns_from_unlabeled
 from kdistill.errors import KdistillError, first_line
 from kdistill.report import summarize_times, write_report
 from kdistill.rundir import check_out_dir, finished_hf_run_config, prepare_run_dir, save_into, write_owned_text
-from kdistill.text.guard import GuardedTrainer, RecordCheckpoints, ThreadShare
+from kdistill.text.guard import EpochEnd, GuardedTrainer, RecordCheckpoints, ThreadShare
 from kdistill.tracking import Trackers, check_installed, trainer_callback
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextSplits, load_text_splits
@@ -311,9 +311,10 @@ def trainer_state_epoch(checkpoint: str) -> float:
 
 
 def train_and_save(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming: bool, progress: bool,
-                   cfg: Any) -> None:
+                   cfg: Any, on_epoch_end: Callable[[dict], None] | None = None) -> None:
     """Train (resuming from the last Trainer checkpoint), then rank 0 saves the model and metrics.jsonl;
-    `cfg.train.log_to`'s trackers receive the Trainer's logs on the way."""
+    `cfg.train.log_to`'s trackers receive the Trainer's logs on the way, `on_epoch_end` each epoch's
+    validation record (val_accuracy or val_perplexity, val_loss, epoch)."""
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -322,6 +323,8 @@ def train_and_save(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming
     last = get_last_checkpoint(str(out / "state")) if resuming and (out / "state").is_dir() else None
     trainer.add_callback(ThreadShare(cfg.train.threads))
     trainer.add_callback(RecordCheckpoints())
+    if on_epoch_end is not None:
+        trainer.add_callback(EpochEnd(on_epoch_end, metrics_of_log))
     trackers = None
     if cfg.train.log_to and distributed.current().is_main:
         done = int(round(trainer_state_epoch(last))) if last else 0
@@ -338,7 +341,8 @@ def train_and_save(trainer: Any, model: Any, tokenizer: Any, out: Path, resuming
 
 
 @threads.counted
-def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress: bool = True,
+                   on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Fine-tune `cfg.model` (hf:PATH) on the data's labels; returns the test report row."""
     require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
@@ -357,7 +361,7 @@ def run_text_train(cfg: TextTrainRunConfig, *, overwrite: bool = False, progress
                       train_dataset=_tokenized(data.train, tokenizer, cfg.data.max_length),
                       eval_dataset=_tokenized(data.val, tokenizer, cfg.data.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metric)
-    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg)
+    train_and_save(trainer, model, tokenizer, out, resuming, progress, cfg, on_epoch_end)
     if not ctx.is_main:
         return {}  # rank 0 evaluates and reports
     row = evaluate_text_model(model, tokenizer, data, "test", name=cfg.name, role=cfg.role, out=out,
@@ -379,7 +383,8 @@ def build_student(cfg: TextDistillRunConfig, teacher: Any, teacher_tokenizer: An
 
 
 @threads.counted
-def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, progress: bool = True,
+                     on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Distil the teacher (a text run directory or hf:PATH) into the student; returns the test report row."""
     require_text_extra()
     from transformers import DataCollatorWithPadding, set_seed
@@ -419,7 +424,7 @@ def run_text_distill(cfg: TextDistillRunConfig, *, overwrite: bool = False, prog
     trainer = DistillationTrainer(model=student, args=training_arguments(cfg, out, len(data.train), progress, distill=True),
                                   train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                                   compute_metrics=_accuracy_metric, teacher_model=teacher, method=method)
-    train_and_save(trainer, student, student_tok, out, resuming, progress, cfg)
+    train_and_save(trainer, student, student_tok, out, resuming, progress, cfg, on_epoch_end)
     if not ctx.is_main:
         return {}  # rank 0 evaluates and reports
     write_owned_text(out, "teacher.json", json.dumps({"path": str(teacher_dir.resolve())}, indent=2) + "\n")
