@@ -19,7 +19,7 @@ from kdistill.data.streaming import ImageFiles, is_streamed
 from kdistill.errors import KdistillError
 from kdistill.runner import run_distill, run_train
 from test_cli_errors import assert_user_error, cli
-from test_vision_data import write_imagefolder
+from test_data import write_imagefolder
 
 
 @pytest.fixture(scope="module")

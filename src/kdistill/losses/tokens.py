@@ -7,7 +7,7 @@ outside them, so the tail is counted, not dropped or spread. With k = vocabulary
 the top-k loss is the dense loss; with k < vocabulary it is the exact divergence of the two distributions
 coarse-grained to k + 1 bins (a lower bound of the dense one, by the data-processing inequality).
 Reading top-k log-probabilities as a whole distribution (renormalising them) is not that: see
-`tests/test_token_losses.py`.
+`tests/test_losses_tokens.py`.
 
 - forward KL, KL(p ‖ q) (Hinton et al. 2015, per token: the usual sequence-level KD of Kim & Rush 2016
   is its sampled form);

@@ -12,7 +12,7 @@ its shortcut is a 1x1 convolution + BatchNorm (option B); otherwise it is the id
 - resnet8x4, resnet32x4: (32, 64, 128, 256), four times wider than the stages of resnet20
 
 Written from the papers' description; the counts match the ones the benchmarks report
-(for 3x32x32 inputs and 100 classes, checked in tests/test_zoo.py).
+(for 3x32x32 inputs and 100 classes, checked in tests/test_models.py).
 """
 
 from __future__ import annotations
