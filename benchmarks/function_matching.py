@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
-from kdistill.report import aggregate_seeds, format_table, report_row
+from kdistill.evaluate.report import aggregate_seeds, format_table, report_row
 from kdistill.runner import run_distill, run_train
 from runs import run_or_reuse
 from transfer import all_labels_teacher

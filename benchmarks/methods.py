@@ -36,7 +36,7 @@ import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, apply_overrides, load_config, validate_config
 from kdistill.methods import METHODS
-from kdistill.report import aggregate_seeds, format_table, report_row
+from kdistill.evaluate.report import aggregate_seeds, format_table, report_row
 from kdistill.runner import run_distill, run_train
 from kdistill.sweep import run_sweep
 from runs import run_or_reuse

@@ -28,10 +28,10 @@ import yaml
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.data import load_dataset
-from kdistill.export import export_onnx
+from kdistill.deploy.export import export_onnx
 from kdistill.models import load_run_model
 from kdistill.runner import run_cache_teacher, run_train
-from kdistill.teachers import load_teacher
+from kdistill.train.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent

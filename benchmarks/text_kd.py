@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from kdistill.report import format_size
+from kdistill.evaluate.report import format_size
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.runner import run_text_distill, run_text_train
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     deploy = None
     if not args.no_compare:
         from kdistill import tasks
-        from kdistill.compare import markdown_table
+        from kdistill.deploy.compare import markdown_table
 
         distilled_dir = work / f"{distilled_name(args.methods[0])}-seed{first}"
         tasks.export(distilled_dir, fmt="onnx", quantize="int8", overwrite=True)

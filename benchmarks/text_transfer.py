@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from kdistill.report import aggregate_seeds
+from kdistill.evaluate.report import aggregate_seeds
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.runner import run_text_distill, run_text_train
 from runs import best_validation, grid_point, run_or_reuse

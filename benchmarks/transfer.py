@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
-from kdistill.report import aggregate_seeds, format_table
+from kdistill.evaluate.report import aggregate_seeds, format_table
 from kdistill.runner import run_distill, run_train
 from runs import best_validation, grid_point, run_or_reuse
 

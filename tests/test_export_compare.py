@@ -14,9 +14,9 @@ from conftest import run_cli, tree_digest
 from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.data import load_dataset
 from kdistill.errors import KdistillError
-from kdistill.export import load_torch_int8, quantize_torch_dynamic, read_export_record
+from kdistill.deploy.export import load_torch_int8, quantize_torch_dynamic, read_export_record
 from kdistill.models import load_run_model
-from kdistill.report import calibration
+from kdistill.evaluate.report import calibration
 from kdistill.runner import run_distill, run_train
 
 pytest.importorskip("onnxruntime")

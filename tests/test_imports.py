@@ -65,7 +65,7 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_is_read():
     graph = _imports(_modules())
-    assert "kdistill.checkpoint" in graph["kdistill.engine"]  # a module-level import
+    assert "kdistill.train.checkpoint" in graph["kdistill.train.engine"]  # a module-level import
     assert "kdistill.runner" in graph["kdistill.tasks.vision"]  # an import inside a method
 
 
@@ -75,3 +75,40 @@ def test_no_import_circles():
 
 def test_the_circle_finder_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The folders in the order data moves (docs/design.md, "Architecture"): a module may import its own layer and
+# the layers below it, never one above. The foundation holds what every layer reads (errors, the config schemas,
+# the ownership manifest, digests); the top holds the task front-ends and the commands (tasks, text, lm, runner,
+# cli, sweep, quickstart, baseline, api).
+LAYERS = (
+    ("foundation", ("kdistill", "kdistill.errors", "kdistill.config", "kdistill.ownership", "kdistill.digests",
+                    "kdistill.jsonl")),
+    ("data", ("kdistill.data",)),
+    ("models", ("kdistill.models",)),
+    ("methods", ("kdistill.losses", "kdistill.methods")),
+    ("train", ("kdistill.train",)),
+    ("evaluate", ("kdistill.evaluate",)),
+    ("deploy", ("kdistill.deploy",)),
+)
+
+
+def _layer(module: str) -> int:
+    for rank, (_name, prefixes) in enumerate(LAYERS):
+        if any(module == p or (p != "kdistill" and module.startswith(p + ".")) for p in prefixes):
+            return rank
+    return len(LAYERS)  # the top: tasks and commands
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if _layer(b) > _layer(a))
+
+
+def test_no_module_imports_from_a_higher_layer():
+    assert _upward(_imports(_modules())) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert _layer("kdistill.train.engine") == 4 and _layer("kdistill.cli") == len(LAYERS)
+    assert _upward({"kdistill.data.digits": {"kdistill.deploy.export", "kdistill.errors"}}) == [
+        "kdistill.data.digits -> kdistill.deploy.export"]

@@ -1,4 +1,4 @@
-"""Runs that differ only by seed are grouped (kdistill.seed_groups), and the tradeoff plot's labels never overlap."""
+"""Runs that differ only by seed are grouped (kdistill.evaluate.seed_groups), and the tradeoff plot's labels never overlap."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import statistics
 import pytest
 import yaml
 
-from kdistill.plots import _label_positions
-from kdistill.seed_groups import group_rows, mean_curve, seed_groups
+from kdistill.deploy.plots import _label_positions
+from kdistill.evaluate.seed_groups import group_rows, mean_curve, seed_groups
 
 
 def _run(path, **config):

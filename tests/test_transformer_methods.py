@@ -13,7 +13,7 @@ from kdistill.errors import KdistillError
 from kdistill.losses.transformer import attention_score_mse, masked_mse, relation_kl
 from kdistill.methods import build
 from kdistill.methods.transformer import uniform_layer_map
-from kdistill.taps import transformer_layout
+from kdistill.methods.taps import transformer_layout
 
 transformers = pytest.importorskip("transformers")
 

@@ -203,7 +203,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from kdistill.quickstart import run_quickstart
-    from kdistill.report import format_table
+    from kdistill.evaluate.report import format_table
 
     t0 = time.perf_counter()
     rows = run_quickstart(args.out, overwrite=args.overwrite, progress=args.progress)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"kdistill: interrupted; run the same command again to {again}\n")
         return 130
     finally:
-        from kdistill.distributed import shutdown
+        from kdistill.train.distributed import shutdown
 
         shutdown()
     return 0

@@ -14,9 +14,9 @@ from typing import Any
 
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.errors import KdistillError
-from kdistill.report import aggregate_seeds, format_table, write_report
+from kdistill.evaluate.report import aggregate_seeds, format_table, write_report
 from kdistill.ownership import FOLDER, MANIFEST, Owned
-from kdistill.rundir import is_run_dir, write_owned_text
+from kdistill.train.rundir import is_run_dir, write_owned_text
 from kdistill.runner import finished_row, run_distill, run_train
 
 SEEDS = (0, 1, 2)

@@ -15,25 +15,25 @@ import torch
 import yaml
 from torch import nn
 
-from kdistill import distributed, threads
+from kdistill.train import distributed, threads
 from kdistill.config import (DistillRunConfig, TrainRunConfig, dump_config, read_yaml, run_role, validate_config,
                              with_data_overrides)
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.transfer import drop_unlabeled, transfer_note
 from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
-from kdistill.checkpoint import BEST
-from kdistill.engine import check_global_batch, fit, resolve_device, seed_everything
+from kdistill.train.checkpoint import BEST
+from kdistill.train.engine import check_global_batch, fit, resolve_device, seed_everything
 from kdistill.errors import KdistillError, first_line
-from kdistill.inference import predict_logits
+from kdistill.models.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
 from kdistill.methods.base import check_labels, check_task, learns_from_unlabeled
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
-from kdistill.report import evaluate_model, report_row, write_report
-from kdistill.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
-from kdistill.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
-from kdistill.tracking import check_installed, open_trackers
-from kdistill.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, check_trained_on, load_teacher,
+from kdistill.evaluate.report import evaluate_model, report_row, write_report
+from kdistill.train.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
+from kdistill.train.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
+from kdistill.train.tracking import check_installed, open_trackers
+from kdistill.train.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, check_trained_on, load_teacher,
                                print_notes, record_teacher, recorded_teacher)
 
 

@@ -18,16 +18,16 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from kdistill.compare import expand_runs, prepare_out, run_names
+from kdistill.deploy.compare import expand_runs, prepare_out, run_names
 from kdistill.digests import weights_sha256
 from kdistill.errors import KdistillError
 from kdistill.lm.evaluate import lm_report_row
 from kdistill.lm.models import hf_folder, load_causal_lm
 from kdistill.lm.report import lm_table
 from kdistill.lm.runner import check_recorded_teacher, load_finished_lm_run
-from kdistill.report import report_row
-from kdistill.rundir import write_owned_text
-from kdistill.teachers import recorded_teacher
+from kdistill.evaluate.report import report_row
+from kdistill.train.rundir import write_owned_text
+from kdistill.train.teachers import recorded_teacher
 
 
 class Opened(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdistill.report import format_size
+from kdistill.evaluate.report import format_size
 
 
 def _number(value: float | None, fmt: str) -> str:

@@ -18,7 +18,7 @@ from kdistill.errors import KdistillError
 from kdistill.losses.transformer import relation_kl
 from kdistill.methods.base import register
 from kdistill.methods.transformer import TransformerMethod, TransformerParams
-from kdistill.taps import TransformerLayout
+from kdistill.methods.taps import TransformerLayout
 
 
 class MiniLMParams(TransformerParams):

@@ -20,7 +20,7 @@ from torch import nn
 from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError, first_line
 from kdistill.methods.base import Method, MethodParams, label_term
-from kdistill.taps import FeatureTaps, resolve_tap
+from kdistill.methods.taps import FeatureTaps, resolve_tap
 
 
 def _stages(model: nn.Module) -> list[str]:

@@ -19,7 +19,7 @@ from kdistill.errors import KdistillError
 from kdistill.losses.transformer import attention_score_mse, masked_mse
 from kdistill.methods.base import register
 from kdistill.methods.transformer import TransformerMethod, TransformerParams, uniform_layer_map
-from kdistill.taps import TransformerLayout
+from kdistill.methods.taps import TransformerLayout
 
 
 class TinyBERTParams(TransformerParams):

@@ -1,7 +1,7 @@
 """The base of text feature methods: hook a Hugging Face encoder student's and teacher's layers, compare them
 token by token (TinyBERT, MiniLM).
 
-`bind` finds both models' layers (`kdistill.taps.transformer_layout`) and hooks the modules the subclass
+`bind` finds both models' layers (`kdistill.methods.taps.transformer_layout`) and hooks the modules the subclass
 names in `modules_to_read`; `forward` gives the label term plus `feature_terms(mask)`, where `student(name)` and
 `teacher(name)` read the last forward pass's outputs and `mask` is the batch's attention mask. Teacher and
 student must share a tokenizer (the runner checks): positions are compared one to one.
@@ -18,7 +18,7 @@ from torch import nn
 from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
 from kdistill.methods.base import Method, MethodParams, label_term
-from kdistill.taps import FeatureTaps, TransformerLayout, transformer_layout
+from kdistill.methods.taps import FeatureTaps, TransformerLayout, transformer_layout
 
 
 class TransformerParams(MethodParams):

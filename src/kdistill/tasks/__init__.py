@@ -54,7 +54,7 @@ def role_of(run_dir: Path) -> str:
 def export(run_dir: str | Path, *, verify_split: str = "val", data_overrides: dict[str, Any] | None = None,
            **options: Any) -> dict[str, Any]:
     """`kdistill export RUN_DIR`: the run's task gives the export source; `options` go to `export_run`."""
-    from kdistill.export import check_export_request, export_run
+    from kdistill.deploy.export import check_export_request, export_run
 
     run_dir = Path(run_dir)
     check_export_request(options.get("fmt", "onnx"), options.get("quantize"), options.get("opset", 18))
@@ -65,7 +65,7 @@ def export(run_dir: str | Path, *, verify_split: str = "val", data_overrides: di
 def compare(paths: list[str | Path], **options: Any) -> dict[str, Any]:
     """`kdistill compare RUN_DIR ...`: the runs' task compares them (classifier runs of vision and text together,
     each opened by its own task; causal-LM runs among themselves); `options` go to that comparison."""
-    from kdistill.compare import expand_runs
+    from kdistill.deploy.compare import expand_runs
 
     runs = expand_runs(paths)
     kinds = {for_run(run).name for run in runs}

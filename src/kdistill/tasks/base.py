@@ -18,8 +18,8 @@ from torch import nn
 
 from kdistill.config import load_config, read_yaml, run_role
 from kdistill.errors import KdistillError
-from kdistill.export import ExportSource
-from kdistill.samples import TensorSamples, TextSamples
+from kdistill.deploy.export import ExportSource
+from kdistill.evaluate.samples import TensorSamples, TextSamples
 
 
 @dataclass
@@ -97,14 +97,14 @@ class Task(ABC):
 
     def compare(self, runs: list[Path], *, open_run: Any, role_of: Any, **options: Any) -> dict[str, Any]:
         """`kdistill compare` of runs of this task: classifiers by accuracy, calibration, size and speed, each run
-        opened by its own task through `open_run` / `role_of` (kdistill.compare); `options` go to `compare_runs`."""
-        from kdistill.compare import compare_runs
+        opened by its own task through `open_run` / `role_of` (kdistill.deploy.compare); `options` go to `compare_runs`."""
+        from kdistill.deploy.compare import compare_runs
 
         return compare_runs(runs, open_run=open_run, role_of=role_of, **options)
 
     def table(self, rows: list[dict[str, Any]]) -> str:
         """The Markdown table the CLI prints for this task's report rows."""
-        from kdistill.report import format_table
+        from kdistill.evaluate.report import format_table
 
         return format_table(rows)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdistill.errors import KdistillError
-from kdistill.export import ExportSource
+from kdistill.deploy.export import ExportSource
 from kdistill.lm.config import TASK, LMDistillRunConfig, LMTrainRunConfig
 from kdistill.tasks.base import OpenedRun, Task, run_task_name
 

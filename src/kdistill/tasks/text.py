@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from kdistill.export import ExportSource
+from kdistill.deploy.export import ExportSource
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.tasks.base import OpenedRun, Task, role_of_config, run_task_name
 from kdistill.text.runner import TASK

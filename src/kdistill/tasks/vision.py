@@ -8,9 +8,9 @@ from typing import Any, Callable
 import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig
-from kdistill.export import ExportSource
-from kdistill.rundir import is_run_dir
-from kdistill.samples import TensorSamples
+from kdistill.deploy.export import ExportSource
+from kdistill.train.rundir import is_run_dir
+from kdistill.evaluate.samples import TensorSamples
 from kdistill.tasks.base import OpenedRun, Task, role_of_config, run_task_name
 
 

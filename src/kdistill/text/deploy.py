@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from kdistill.errors import KdistillError
-from kdistill.export import ExportSource
-from kdistill.samples import TextSamples
+from kdistill.deploy.export import ExportSource
+from kdistill.evaluate.samples import TextSamples
 from kdistill.text.runner import load_finished_text_run
 from kdistill.text.data import TextSplits
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdistill.inference import accuracy, predict_logits
+from kdistill.models.inference import accuracy, predict_logits
 from kdistill.models import count_params
 
 
@@ -143,7 +143,7 @@ def aggregate_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_report(rows: list[dict[str, Any]], path: Path) -> None:
     """Write `{"rows": [...]}` atomically, recorded in its folder's manifest (kdistill.ownership)."""
-    from kdistill.rundir import write_owned_text
+    from kdistill.train.rundir import write_owned_text
 
     write_owned_text(path.parent, path.name, json.dumps({"rows": rows}, indent=2) + "\n")
 

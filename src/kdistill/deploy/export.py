@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from kdistill.errors import KdistillError, first_line
-from kdistill.inference import accuracy
+from kdistill.models.inference import accuracy, onnx_session
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, pid_alive
-from kdistill.rundir import write_owned_text
-from kdistill.samples import Batch, TensorSamples, TextSamples
+from kdistill.train.rundir import write_owned_text
+from kdistill.evaluate.samples import Batch, TensorSamples, TextSamples
 from kdistill.digests import file_sha256
 
 EXPORT_DIR = "export"
@@ -279,28 +279,6 @@ class Predictor:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
-
-
-def onnx_session(path: Path, threads: int | None = None, gpu: bool = False, remedy: str = "export again"):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (default: torch's thread count); with `gpu`,
-    on the CUDA execution provider when ONNX Runtime has it (the CPU otherwise)."""
-    _require("onnxruntime")
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # ONNX Runtime's threads spin after each call by default; interleaved with PyTorch in one process that
-    # steals the cores PyTorch's next call needs (measured: PyTorch rows 40x slower). No spinning: fair timing.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-        raise KdistillError(f"{path}: ONNX Runtime cannot load it ({first_line(exc, 200)}); {remedy}") from None
 
 
 def onnx_runner(path: Path, threads: int | None = None) -> Callable[[Batch], torch.Tensor]:

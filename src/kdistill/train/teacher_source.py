@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from kdistill.data.splits import Batch
-from kdistill.teachers import FrozenTeacher
+from kdistill.train.teachers import FrozenTeacher
 
 if TYPE_CHECKING:
     from kdistill.data.augment import Augmenter
-    from kdistill.teacher_cache import TeacherCache
+    from kdistill.train.teacher_cache import TeacherCache
 
 
 class TeacherSource:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.errors import KdistillError
-from kdistill.report import format_size
-from kdistill.seed_groups import group_rows, mean_curve
+from kdistill.evaluate.report import format_size
+from kdistill.evaluate.seed_groups import group_rows, mean_curve
 
 MARKERS = {"pytorch": "o", "onnx": "s", "onnx-int8-dynamic": "D", "onnx-int8-static": "^", "torch-int8-dynamic": "v"}
 
@@ -68,7 +68,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, title: str = "") -> No
     """Accuracy (%) against median batch-1 latency (ms, log axis); bubble area ∝ size on disk.
 
     Runs that differ only by seed are one bubble at their mean, with the spread over seeds as error bars
-    (kdistill.seed_groups). Colour = group, marker = format (PyTorch, ONNX, int8 variants). Each group's
+    (kdistill.evaluate.seed_groups). Colour = group, marker = format (PyTorch, ONNX, int8 variants). Each group's
     PyTorch bubble is named in a column right of the plot, joined to it by a line; the names are spaced so that
     none overlaps another.
     """
@@ -109,7 +109,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, title: str = "") -> No
 
 def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, groups: dict[str, str] | None = None) -> None:
     """The validation accuracy (or, for runs without one, the validation loss) and the training loss per epoch,
-    one line per seed group (kdistill.seed_groups): the mean over its seeds with a band of ± one standard
+    one line per seed group (kdistill.evaluate.seed_groups): the mean over its seeds with a band of ± one standard
     deviation, every group on the same axes, so that the student alone and the distilled student can be
     compared at a glance."""
     groups = groups or {name: name for name in curves}

@@ -27,15 +27,15 @@ from typing import Any, Callable
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.export import Predictor, load_predictor, read_export_record, torch_runner
+from kdistill.deploy.export import Predictor, load_predictor, read_export_record, torch_runner
 from kdistill.digests import file_sha256
-from kdistill.teachers import recorded_teacher
+from kdistill.train.teachers import recorded_teacher
 from kdistill.models import count_params
-from kdistill.report import calibration, format_size, summarize_times
+from kdistill.evaluate.report import calibration, format_size, summarize_times
 from kdistill.ownership import FILE, MANIFEST, Owned
-from kdistill.rundir import is_run_dir, write_owned_text
-from kdistill.samples import Batch, TensorSamples, TextSamples
-from kdistill.seed_groups import group_rows, seed_groups
+from kdistill.train.rundir import is_run_dir, write_owned_text
+from kdistill.evaluate.samples import Batch, TensorSamples, TextSamples
+from kdistill.evaluate.seed_groups import group_rows, seed_groups
 
 
 
@@ -262,7 +262,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def _group_table(result: dict[str, Any]) -> list[str]:
-    """Runs that differ only by seed, as mean ± std (kdistill.seed_groups), when some group has several runs."""
+    """Runs that differ only by seed, as mean ± std (kdistill.evaluate.seed_groups), when some group has several runs."""
     groups = result.get("groups") or []
     if not any(len(g["runs"]) > 1 for g in groups):
         return []
@@ -310,8 +310,7 @@ th{{background:#f3f3f3}}img{{max-width:100%}}figure{{margin:1.5em 0}}</style></h
 
 def _write_outputs(result: dict[str, Any], curves: dict[str, list[dict[str, Any]]], out: Path, plots: bool,
                    log: Callable[[str], None]) -> None:
-    from kdistill import plots as plotting
-
+    from kdistill.deploy import plots as plotting
     owned = Owned(out)
     for stale in [name for name, kind in (owned.entries() or {}).items() if name.endswith(".png") and kind == FILE]:
         (out / stale).unlink(missing_ok=True)  # an earlier comparison's plots describe other rows

@@ -24,9 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from kdistill.checkpoint import load_torch_file
+from kdistill.train.checkpoint import load_torch_file
 from kdistill.errors import KdistillError, first_line
-from kdistill.export import onnx_session
+from kdistill.models.inference import onnx_session
 from kdistill.models import build_model
 
 ONNX_SUFFIX, EXPORTED_SUFFIX = ".onnx", ".pt2"

@@ -1,0 +1,1 @@
+"""Evaluation: report rows (accuracy, size, latency, agreement), evaluation samples, seed groups."""
