@@ -1,1 +1,2 @@
-"""Deployment: export (ONNX, int8, TorchScript-free PyTorch), compare (interleaved timing, tables) and plots."""
+"""Deployment: export (ONNX, int8 for ONNX Runtime and for PyTorch, each file verified), compare (runs and their
+exported variants timed interleaved, tables) and plots."""
