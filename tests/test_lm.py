@@ -367,7 +367,7 @@ def test_compare_puts_the_teacher_first_and_says_how_much_of_the_gap_distillatio
 
 # 2 processes on the global batch vs 1 process on the same batch: the same arithmetic up to the order of float sums
 # (the all-reduce adds the two halves' gradients where one process sums every row; 1 thread vs 2), as in
-# tests/test_distributed_sweep.py, whose 1e-5 would leave no margin here: AdamW scales each coordinate's step by
+# tests/test_distributed.py, whose 1e-5 would leave no margin here: AdamW scales each coordinate's step by
 # 1/RMS of its own gradient, so the rounding of small gradients is not small in the step, and 4 steps at lr 5e-3
 # differ by up to 6.8e-6 (measured: 6.8e-6 live, 4.7e-6 cached, 2.7e-6 prompts). 1e-4 stays 9x below what a scaling bug
 # does to these runs: a loss not multiplied by the number of processes (half the gradient) moves weights by 9e-4
