@@ -7,7 +7,7 @@ setting costs single-run speed. Runs go through the real CLI (`python -m kdistil
 policy the CLI sets is the one measured.
 
 Settings (N = torch's default thread count here, one per core):
-- `pinned`: train.threads=N, what every run did before kdistill.train.threads (libgomp's default waiting: spin);
+- `pinned`: train.threads=N, what every run did before kdistill.training.threads (libgomp's default waiting: spin);
 - `pinned+passive`: the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning);
 - `auto`: kdistill's default, train.threads=auto (each run takes N / live kdistill runs, per epoch);
 - `1-thread`: train.threads=1.

@@ -31,7 +31,7 @@ from kdistill.data import load_dataset
 from kdistill.deploy.export import export_onnx
 from kdistill.models import load_run_model
 from kdistill.runner import run_cache_teacher, run_train
-from kdistill.train.teachers import load_teacher
+from kdistill.training.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent

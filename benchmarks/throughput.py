@@ -1,7 +1,7 @@
 """Distillation speed: student alone vs live teacher vs teacher output cache, on Fashion-MNIST.
 
 In one process, interleaved round by round (fair on a noisy machine), each mode trains a
-fresh student for one epoch through the engine (`kdistill.train.engine.fit`, the code path of
+fresh student for one epoch through the engine (`kdistill.training.engine.fit`, the code path of
 `kdistill distill`); the training seconds of that epoch (validation excluded) are the
 sample, and the median over `--repeats` rounds is reported with its ratio to the
 student-alone epoch:
@@ -43,13 +43,13 @@ from kdistill.config import CacheConfig, DataConfig, DistillRunConfig, TrainConf
 from kdistill.data import load_dataset
 from kdistill.data.augment import build_augmentation
 from kdistill.data.splits import iterate_batches
-from kdistill.train.engine import fit, resolve_device, seed_everything
+from kdistill.training.engine import fit, resolve_device, seed_everything
 from kdistill.methods import build_method
 from kdistill.models import build_model
 from kdistill.evaluate.report import aggregate_seeds, format_table
 from kdistill.runner import run_distill, run_train
-from kdistill.train.teacher_cache import cache_fingerprint, open_or_build_cache
-from kdistill.train.teachers import load_teacher
+from kdistill.training.teacher_cache import cache_fingerprint, open_or_build_cache
+from kdistill.training.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent

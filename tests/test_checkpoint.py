@@ -1,4 +1,4 @@
-"""kdistill.train.checkpoint and the engine's NaN guard: a run that goes non-finite stops with one line and keeps its
+"""kdistill.training.checkpoint and the engine's NaN guard: a run that goes non-finite stops with one line and keeps its
 last committed epoch; a damaged, foreign or hostile checkpoint is one line; a full disk during an epoch's commit
 leaves the directory as it was after the previous epoch."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kdistill.train.checkpoint as checkpoint
+import kdistill.training.checkpoint as checkpoint
 from conftest import one_line_error, tree_digest, write_yaml
 from kdistill.cli import main
 from kdistill.methods.ce import CrossEntropy

@@ -18,11 +18,11 @@ from kdistill.config import DistillRunConfig, TrainConfig, validate_config
 from kdistill.data import load_dataset
 from kdistill.config import DataConfig
 from kdistill.data.splits import DataSplits, Split
-from kdistill.train.engine import fit, lr_factor
+from kdistill.training.engine import fit, lr_factor
 from kdistill.methods import build_method
 from kdistill.models import build_model, load_run_model
 from kdistill.runner import run_distill
-from kdistill.train.teachers import FrozenTeacher
+from kdistill.training.teachers import FrozenTeacher
 
 
 def _small_digits(n_train: int = 256) -> DataSplits:

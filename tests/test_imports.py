@@ -65,7 +65,7 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_is_read():
     graph = _imports(_modules())
-    assert "kdistill.train.checkpoint" in graph["kdistill.train.engine"]  # a module-level import
+    assert "kdistill.training.checkpoint" in graph["kdistill.training.engine"]  # a module-level import
     assert "kdistill.runner" in graph["kdistill.tasks.vision"]  # an import inside a method
 
 
@@ -87,7 +87,7 @@ LAYERS = (
     ("data", ("kdistill.data",)),
     ("models", ("kdistill.models",)),
     ("methods", ("kdistill.losses", "kdistill.methods")),
-    ("train", ("kdistill.train",)),
+    ("training", ("kdistill.training",)),
     ("evaluate", ("kdistill.evaluate",)),
     ("deploy", ("kdistill.deploy",)),
 )
@@ -109,6 +109,6 @@ def test_no_module_imports_from_a_higher_layer():
 
 
 def test_the_layer_check_sees_an_upward_import():
-    assert _layer("kdistill.train.engine") == 4 and _layer("kdistill.cli") == len(LAYERS)
+    assert _layer("kdistill.training.engine") == 4 and _layer("kdistill.cli") == len(LAYERS)
     assert _upward({"kdistill.data.digits": {"kdistill.deploy.export", "kdistill.errors"}}) == [
         "kdistill.data.digits -> kdistill.deploy.export"]

@@ -338,7 +338,7 @@ def test_bad_method_settings_are_one_line_errors_before_anything_is_written(tmp_
 
 def test_a_failed_bind_leaves_no_hooks(teacher_run):
     from kdistill.models import build_model
-    from kdistill.train.teachers import load_teacher
+    from kdistill.training.teachers import load_teacher
 
     student = build_model("cnn", {"channels": [4, 8]}, (1, 8, 8), 10)
     teacher = load_teacher(teacher_run)
@@ -405,7 +405,7 @@ def test_ensemble_teacher_averages_member_logits(tmp_path, teacher_run):
     import shutil
 
     from kdistill.models import load_run_model, save_weights
-    from kdistill.train.teachers import load_teacher
+    from kdistill.training.teachers import load_teacher
 
     second = tmp_path / "second"
     shutil.copytree(teacher_run, second)
@@ -463,7 +463,7 @@ def test_teacher_assistant_chain_and_born_again_generations(tmp_path, teacher_ru
 def test_crd_memory_bank_moves_only_the_batch_rows_and_never_draws_the_positive(teacher_run, monkeypatch):
     from kdistill.data.splits import Batch
     from kdistill.models import build_model
-    from kdistill.train.teachers import load_teacher
+    from kdistill.training.teachers import load_teacher
 
     torch.manual_seed(0)
     student = build_model("cnn", {"channels": [4, 8]}, (1, 8, 8), 10)
@@ -502,7 +502,7 @@ def test_at_pairs_every_stage_by_default_and_lists_pair_in_order(teacher_run):
     from kdistill.data.splits import Batch
     from kdistill.losses import at_loss
     from kdistill.models import build_model
-    from kdistill.train.teachers import load_teacher
+    from kdistill.training.teachers import load_teacher
 
     student = build_model("cnn", {"channels": [4, 8]}, (1, 8, 8), 10)
     teacher = load_teacher(teacher_run)

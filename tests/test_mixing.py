@@ -18,8 +18,8 @@ from kdistill.data.augment import Mix, build_augmentation
 from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
 from kdistill.methods.base import labeled_cross_entropy
-from kdistill.train.teacher_cache import build_cache, cache_fingerprint
-from kdistill.train.teachers import load_teacher
+from kdistill.training.teacher_cache import build_cache, cache_fingerprint
+from kdistill.training.teachers import load_teacher
 
 
 def test_mixup_and_cutmix_against_an_explicit_computation():

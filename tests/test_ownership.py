@@ -312,7 +312,7 @@ def test_a_user_folder_under_a_name_kdistill_claimed_is_refused(tmp_path, train_
 
 
 def test_an_atomic_write_never_follows_a_symlink_left_in_place_of_its_temporary_file(tmp_path):
-    from kdistill.train.rundir import write_owned_text
+    from kdistill.training.rundir import write_owned_text
 
     precious = tmp_path / "precious.txt"
     precious.write_text("mine\n")

@@ -14,10 +14,10 @@ from conftest import one_line_error, tree_digest, write_yaml
 from kdistill.cli import main
 from kdistill.config import TrainConfig
 from kdistill.data.splits import DataSplits, Split
-from kdistill.train.engine import fit
+from kdistill.training.engine import fit
 from kdistill.methods import build_method
 from kdistill.models import build_model, load_run_model
-from kdistill.train.teachers import FrozenTeacher
+from kdistill.training.teachers import FrozenTeacher
 
 
 def test_overwrite_never_deletes_a_project_that_happens_to_hold_config_yaml(tmp_path, train_config, capsys):

@@ -27,8 +27,8 @@ from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
 from kdistill.methods.base import METHODS, Method, register
 from kdistill.runner import run_cache_teacher, run_distill
-from kdistill.train.teacher_cache import build_cache, cache_fingerprint, open_cache, open_or_build_cache
-from kdistill.train.teachers import load_teacher
+from kdistill.training.teacher_cache import build_cache, cache_fingerprint, open_cache, open_or_build_cache
+from kdistill.training.teachers import load_teacher
 
 AUG = ["random-crop", "hflip"]
 
@@ -173,7 +173,7 @@ def test_fingerprint_mismatch_is_refused_and_rebuild_replaces(tmp_path, teacher_
 
 
 def test_interrupted_build_leaves_nothing_that_passes_for_a_cache(tmp_path, teacher_run, digits, monkeypatch):
-    from kdistill.train.teachers import FrozenTeacher
+    from kdistill.training.teachers import FrozenTeacher
 
     original, calls = FrozenTeacher.__call__, {"n": 0}
 
@@ -343,7 +343,7 @@ def test_fp32_teacher_stays_fp32_inside_a_bf16_autocast(teacher_run, digits):
 
 
 def test_default_folders_differ_for_teachers_and_data(tmp_path, teacher_run, digits):
-    from kdistill.train.teacher_cache import default_cache_dir
+    from kdistill.training.teacher_cache import default_cache_dir
 
     cfg = CacheConfig()
     single = load_teacher(teacher_run)

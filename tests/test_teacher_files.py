@@ -1,4 +1,4 @@
-"""Teachers from outside kdistill (kdistill.train.teacher_files, kdistill.train.teacher_input): the same trained teacher
+"""Teachers from outside kdistill (kdistill.training.teacher_files, kdistill.training.teacher_input): the same trained teacher
 given as a run directory, as its ONNX file, as a torch.export program and as architecture + weights gives the
 same logits and, cached with one seed, the same student; every bad form gets one line and changes nothing."""
 
@@ -21,7 +21,7 @@ from kdistill.errors import KdistillError
 from kdistill.deploy.export import export_onnx
 from kdistill.models import load_run_model
 from kdistill.runner import evaluate_run, run_distill
-from kdistill.train.teachers import check_teacher_on_data, load_teacher
+from kdistill.training.teachers import check_teacher_on_data, load_teacher
 from test_cli_errors import cli, assert_user_error
 
 CNN = {"name": "cnn", "channels": [8, 16]}  # the architecture of conftest's teacher_run
@@ -207,7 +207,7 @@ def test_teacher_input_undoes_the_data_normalisation(digits):
     seen = {}
     probe = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     probe.register_forward_hook(lambda module, args, out: seen.setdefault("input", args[0]))
-    from kdistill.train.teacher_input import TeacherInputAdapter, attach_input_adapter
+    from kdistill.training.teacher_input import TeacherInputAdapter, attach_input_adapter
 
     adapter = TeacherInputAdapter(TeacherInput(mean=[0.0], std=[1.0]), digits.input_shape, digits.normalization)
     attach_input_adapter(probe, adapter)
@@ -239,7 +239,7 @@ def test_teacher_input_matches_its_closed_form(teacher_run, digits, tmp_path):
 
 def test_teacher_input_is_in_the_cache_fingerprint(teacher_run, digits):
     from kdistill.config import CacheConfig
-    from kdistill.train.teacher_cache import cache_fingerprint
+    from kdistill.training.teacher_cache import cache_fingerprint
 
     plain = load_teacher(str(teacher_run), data=digits)
     resized = load_teacher(str(teacher_run), data=digits, teacher_input=TeacherInput(size=8))

@@ -1,4 +1,4 @@
-"""kdistill.train.threads: `train.threads: auto` shares the cores among the kdistill runs on the machine; a number pins it.
+"""kdistill.training.threads: `train.threads: auto` shares the cores among the kdistill runs on the machine; a number pins it.
 (The speed it buys is measured by benchmarks/sharing.py, not here.)"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import write_yaml
-from kdistill.train import threads
+from kdistill.training import threads
 from kdistill.cli import main
 
 

@@ -1,4 +1,4 @@
-"""train.log_to (kdistill.train.tracking): TensorBoard, W&B (offline) and MLflow receive every epoch's metrics,
+"""train.log_to (kdistill.training.tracking): TensorBoard, W&B (offline) and MLflow receive every epoch's metrics,
 read back from what each wrote, equal to metrics.jsonl; a missing backend is one line and writes nothing;
 the run's tracker folders are kdistill's (--overwrite removes them)."""
 

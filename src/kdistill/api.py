@@ -18,17 +18,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdistill.train import distributed, threads
+from kdistill.training import distributed, threads
 from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.data.splits import DataSplits, Split
 from kdistill.data.transfer import UNLABELED
 from kdistill.digests import tensors_sha256, weights_sha256
-from kdistill.train.engine import resolve_device, seed_everything
+from kdistill.training.engine import resolve_device, seed_everything
 from kdistill.errors import KdistillError, first_line
 from kdistill.models import build_model, load_weights, model_spec
-from kdistill.train.checkpoint import BEST
+from kdistill.training.checkpoint import BEST
 from kdistill.runner import distill_setup, distill_student, train_model
-from kdistill.train.teachers import FrozenTeacher, check_teacher_on_data
+from kdistill.training.teachers import FrozenTeacher, check_teacher_on_data
 
 TensorPair = tuple[torch.Tensor, torch.Tensor]
 DataLike = Dataset | TensorPair

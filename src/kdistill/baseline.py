@@ -22,7 +22,7 @@ from kdistill.config import validate_config
 from kdistill.errors import KdistillError
 from kdistill.ownership import FOLDER, MANIFEST, Owned
 from kdistill.evaluate.report import format_size, report_row, write_report
-from kdistill.train.rundir import is_run_dir, write_owned_text
+from kdistill.training.rundir import is_run_dir, write_owned_text
 from kdistill.runner import finished_row
 
 REPORT = ("report.json", "report.md")

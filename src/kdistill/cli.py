@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"kdistill: interrupted; run the same command again to {again}\n")
         return 130
     finally:
-        from kdistill.train.distributed import shutdown
+        from kdistill.training.distributed import shutdown
 
         shutdown()
     return 0

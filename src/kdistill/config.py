@@ -105,9 +105,9 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     device: str = Field("auto", description="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
     threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; auto: torch's default divided "
-                                           "by the kdistill runs on the machine, each epoch (kdistill.train.threads)")
+                                           "by the kdistill runs on the machine, each epoch (kdistill.training.threads)")
     log_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=list, description="experiment trackers that also receive every epoch's metrics (kdistill.train.tracking)")
+        default_factory=list, description="experiment trackers that also receive every epoch's metrics (kdistill.training.tracking)")
 
     @field_validator("threads")
     @classmethod
@@ -252,7 +252,7 @@ class TeacherInput(_Strict):
 
     The student's input has the data set's normalisation undone (pixels in [0, 1]), is resized to `size`
     (bilinear), repeated to `channels`, and normalised with `mean`/`std` (per channel); without `mean`/`std`
-    the data set's own normalisation is kept. Applied to the teacher's input only (kdistill.train.teacher_input)."""
+    the data set's own normalisation is kept. Applied to the teacher's input only (kdistill.training.teacher_input)."""
 
     mean: list[float] | None = Field(None, min_length=1, max_length=4)
     std: list[float] | None = Field(None, min_length=1, max_length=4)

@@ -16,7 +16,7 @@ from kdistill.config import DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.errors import KdistillError
 from kdistill.evaluate.report import aggregate_seeds, format_table, write_report
 from kdistill.ownership import FOLDER, MANIFEST, Owned
-from kdistill.train.rundir import is_run_dir, write_owned_text
+from kdistill.training.rundir import is_run_dir, write_owned_text
 from kdistill.runner import finished_row, run_distill, run_train
 
 SEEDS = (0, 1, 2)

@@ -15,25 +15,25 @@ import torch
 import yaml
 from torch import nn
 
-from kdistill.train import distributed, threads
+from kdistill.training import distributed, threads
 from kdistill.config import (DistillRunConfig, TrainRunConfig, dump_config, read_yaml, run_role, validate_config,
                              with_data_overrides)
 from kdistill.data import DataSplits, load_dataset
 from kdistill.data.transfer import drop_unlabeled, transfer_note
 from kdistill.data.augment import Augmenter, build_augmentation
 from kdistill.data.splits import Batch
-from kdistill.train.checkpoint import BEST
-from kdistill.train.engine import check_global_batch, fit, resolve_device, seed_everything
+from kdistill.training.checkpoint import BEST
+from kdistill.training.engine import check_global_batch, fit, resolve_device, seed_everything
 from kdistill.errors import KdistillError, first_line
 from kdistill.models.inference import predict_logits
 from kdistill.methods import Method, build_distill_method, build_method
 from kdistill.methods.base import check_labels, check_task, learns_from_unlabeled
 from kdistill.models import build_model, load_run_model, load_weights, model_spec
 from kdistill.evaluate.report import evaluate_model, report_row, write_report
-from kdistill.train.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
-from kdistill.train.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
-from kdistill.train.tracking import check_installed, open_trackers
-from kdistill.train.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, check_trained_on, load_teacher,
+from kdistill.training.rundir import check_finished, check_out_dir, overlaps, prepare_run_dir
+from kdistill.training.teacher_cache import TeacherCache, cache_fingerprint, default_cache_dir, open_or_build_cache
+from kdistill.training.tracking import check_installed, open_trackers
+from kdistill.training.teachers import (FrozenTeacher, check_same_teacher, check_teacher_on_data, check_trained_on, load_teacher,
                                print_notes, record_teacher, recorded_teacher)
 
 
@@ -146,7 +146,8 @@ def _train_and_report(
 
 
 @threads.counted
-def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = True,
+              on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train `cfg.model` on labels only; returns the test report row ({} on ranks other than 0 under torchrun)."""
     check_installed(cfg.train.log_to)
     distributed.init_from_env(resolve_device(cfg.train.device))
@@ -154,11 +155,12 @@ def run_train(cfg: TrainRunConfig, *, overwrite: bool = False, progress: bool = 
     seed_everything(cfg.seed)
     model = build_model(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.num_classes, where="model")
     spec = model_spec(cfg.model.name, cfg.model.kwargs(), data.input_shape, data.classes)
-    return train_model(cfg, model, spec, data, overwrite=overwrite, progress=progress)
+    return train_model(cfg, model, spec, data, overwrite=overwrite, progress=progress, on_epoch_end=on_epoch_end)
 
 
 def train_model(cfg: TrainRunConfig, model: nn.Module, spec: dict[str, Any], data: DataSplits, *,
-                overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                overwrite: bool = False, progress: bool = True,
+                on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train an already built `model` (its model.json `spec`) on `data`'s labels: run_train's second half.
     Unlabelled training samples (transfer data) are left out: there is no teacher to learn them from."""
     labeled = drop_unlabeled(data)
@@ -168,7 +170,8 @@ def train_model(cfg: TrainRunConfig, model: nn.Module, spec: dict[str, Any], dat
                 f"{left_out:,} unlabelled ones left out"
                 + (" (data.unlabeled is used by distill runs only)" if cfg.data.unlabeled is not None else ""))
         labeled = replace(labeled, notes=[*labeled.notes, note])
-    return _train_and_report(cfg, model, spec, build_method("ce", {}), None, labeled, cfg.role, overwrite, progress)
+    return _train_and_report(cfg, model, spec, build_method("ce", {}), None, labeled, cfg.role, overwrite, progress,
+                             on_epoch_end=on_epoch_end)
 
 
 def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher, data: DataSplits,

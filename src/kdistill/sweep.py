@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from kdistill.config import SweepConfig, apply_overrides, format_validation_error, read_yaml, validate_config
 from kdistill.errors import KdistillError, NonFiniteError
-from kdistill.train.rundir import write_text_atomic
+from kdistill.training.rundir import write_text_atomic
 from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
 
 STUDY = "kdistill-sweep"

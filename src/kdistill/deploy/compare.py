@@ -29,11 +29,11 @@ import torch
 from kdistill.errors import KdistillError
 from kdistill.deploy.export import Predictor, load_predictor, read_export_record, torch_runner
 from kdistill.digests import file_sha256
-from kdistill.train.teachers import recorded_teacher
+from kdistill.training.teachers import recorded_teacher
 from kdistill.models import count_params
 from kdistill.evaluate.report import calibration, format_size, summarize_times
 from kdistill.ownership import FILE, MANIFEST, Owned
-from kdistill.train.rundir import is_run_dir, write_owned_text
+from kdistill.training.rundir import is_run_dir, write_owned_text
 from kdistill.evaluate.samples import Batch, TensorSamples, TextSamples
 from kdistill.evaluate.seed_groups import group_rows, seed_groups
 

@@ -37,7 +37,7 @@ from torch import nn
 from kdistill.errors import KdistillError, first_line
 from kdistill.models.inference import accuracy, onnx_session
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, pid_alive
-from kdistill.train.rundir import write_owned_text
+from kdistill.training.rundir import write_owned_text
 from kdistill.evaluate.samples import Batch, TensorSamples, TextSamples
 from kdistill.digests import file_sha256
 

@@ -143,7 +143,7 @@ def aggregate_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_report(rows: list[dict[str, Any]], path: Path) -> None:
     """Write `{"rows": [...]}` atomically, recorded in its folder's manifest (kdistill.ownership)."""
-    from kdistill.train.rundir import write_owned_text
+    from kdistill.training.rundir import write_owned_text
 
     write_owned_text(path.parent, path.name, json.dumps({"rows": rows}, indent=2) + "\n")
 

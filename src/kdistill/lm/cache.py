@@ -1,7 +1,7 @@
 """Offline teacher logits for causal LMs: the teacher's top-k next-token log-probabilities at every training
 position, computed once and read as memory maps by every student that distils from them.
 
-On disk (the folder life cycle of kdistill.train.teacher_cache: built aside, renamed into place when complete,
+On disk (the folder life cycle of kdistill.training.teacher_cache: built aside, renamed into place when complete,
 fingerprinted, recorded in manifests):
 
     header.json         format, fingerprint, array shapes, bytes per token, "complete": true once written
@@ -31,7 +31,7 @@ from kdistill.lm.data import Blocks
 from kdistill.lm.models import final_hidden, head_of, tokenizer_sha256
 from kdistill.losses.tokens import top_k_of
 from kdistill.ownership import Owned
-from kdistill.train.teacher_cache import CACHE_ROOT, open_or_build, write_cache_folder
+from kdistill.training.teacher_cache import CACHE_ROOT, open_or_build, write_cache_folder
 
 LM_CACHE_FORMAT = 1
 ARRAYS = ("topk_logprobs.npy", "topk_index.npy", "rest_logmass.npy")

@@ -26,8 +26,8 @@ from kdistill.lm.models import hf_folder, load_causal_lm
 from kdistill.lm.report import lm_table
 from kdistill.lm.runner import check_recorded_teacher, load_finished_lm_run
 from kdistill.evaluate.report import report_row
-from kdistill.train.rundir import write_owned_text
-from kdistill.train.teachers import recorded_teacher
+from kdistill.training.rundir import write_owned_text
+from kdistill.training.teachers import recorded_teacher
 
 
 class Opened(NamedTuple):

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from kdistill.digests import file_sha256
 from kdistill.errors import KdistillError, first_line
 from kdistill.ownership import FOLDER, Owned
-from kdistill.train.rundir import save_into
+from kdistill.training.rundir import save_into
 
 CHECK_SENTENCES = (
     "The Python Language Reference describes the exact syntax and semantics of the language.",
@@ -254,7 +254,7 @@ def import_gguf(gguf: str | Path, out: str | Path, *, overwrite: bool = False) -
                       max_abs_logit_diff=diff, argmax_agreement=agree)
         (work / "import.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    from kdistill.train.teacher_cache import CACHE_ROOT
+    from kdistill.training.teacher_cache import CACHE_ROOT
 
     save_into(out, save_checked)  # written aside, checked, then moved into place name by name
     owned.claim(CACHE_ROOT, kind=FOLDER)  # a causal-LM teacher cache of this model may live inside the folder

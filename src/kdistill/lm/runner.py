@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from kdistill.train import threads
+from kdistill.training import threads
 from kdistill.config import load_config, run_role
 from kdistill.digests import weights_sha256
 from kdistill.errors import KdistillError
@@ -23,8 +23,8 @@ from kdistill.lm.data import LMSplits, load_lm_splits
 from kdistill.lm.models import (check_block_size, check_same_head, check_same_vocabulary, hf_folder, load_causal_lm,
                                 require_lm_extra, student_from_spec)
 from kdistill.evaluate.report import report_row, write_report
-from kdistill.train.rundir import finished_hf_run_config, write_owned_text
-from kdistill.train.teachers import TEACHER_RECORD, recorded_teacher
+from kdistill.training.rundir import finished_hf_run_config, write_owned_text
+from kdistill.training.teachers import TEACHER_RECORD, recorded_teacher
 
 
 def load_lm_config(path: str | Path, overrides: list[str], distill: bool) -> LMTrainRunConfig | LMDistillRunConfig:

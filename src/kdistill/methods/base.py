@@ -75,7 +75,7 @@ def labeled_cross_entropy(logits: torch.Tensor, batch: Batch, label_smoothing: f
     """Cross-entropy (float32) over the batch's labelled samples; unlabelled ones (label -1, transfer data) add
     nothing; a mixed image (mixup, cutmix) adds lambda · CE(own label) + (1 − lambda) · CE(partner's label),
     with weight lambda + (1 − lambda) where both labels exist (`Batch.label_weights`). The sum is divided by (samples here x `batch.labeled_share`): the mean over the labelled samples,
-    of the global batch once the processes' gradients are averaged (kdistill.train.engine; without a share, of this
+    of the global batch once the processes' gradients are averaged (kdistill.training.engine; without a share, of this
     batch). A batch without labels gives 0, with the graph kept."""
     labels = batch.labels
     labeled = labels >= 0

@@ -9,7 +9,7 @@ import torch
 
 from kdistill.config import DistillRunConfig, TrainRunConfig
 from kdistill.deploy.export import ExportSource
-from kdistill.train.rundir import is_run_dir
+from kdistill.training.rundir import is_run_dir
 from kdistill.evaluate.samples import TensorSamples
 from kdistill.tasks.base import OpenedRun, Task, role_of_config, run_task_name
 

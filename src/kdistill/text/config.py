@@ -22,9 +22,9 @@ class TextTrainConfig(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; auto: shared among the kdistill "
-                                           "runs on the machine (kdistill.train.threads)")
+                                           "runs on the machine (kdistill.training.threads)")
     log_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=list, description="experiment trackers that also receive every epoch's metrics (kdistill.train.tracking)")
+        default_factory=list, description="experiment trackers that also receive every epoch's metrics (kdistill.training.tracking)")
 
     trainer_args: dict[str, Any] = Field(default_factory=dict, description="further transformers.TrainingArguments, "
                                          "passed as they are (fsdp, fsdp_config, deepspeed, activation_checkpointing, ...)")

@@ -1,5 +1,5 @@
 """What kdistill's runs add to the Hugging Face Trainer: the NaN guard, a frozen teacher and logged loss terms
-(`MethodTrainer`, the base of the text and causal-LM trainers), the thread share of kdistill.train.threads, and the
+(`MethodTrainer`, the base of the text and causal-LM trainers), the thread share of kdistill.training.threads, and the
 record (kdistill.ownership) of each checkpoint folder the Trainer is about to save in `state/`, and each epoch's
 evaluation handed to a listener (`EpochEnd`, for `kdistill sweep`).
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from kdistill.train import threads
+from kdistill.training import threads
 from kdistill.ownership import TREE, Owned
 
 from kdistill.errors import NonFiniteError

@@ -18,15 +18,15 @@ from typing import Any, Callable
 
 import torch
 
-from kdistill.train import distributed, threads
+from kdistill.training import distributed, threads
 from kdistill.config import dump_config, load_config, run_role
 from kdistill.data.transfer import UNLABELED, transfer_line
 from kdistill.methods.base import check_labels, learns_from_unlabeled
 from kdistill.errors import KdistillError, first_line
 from kdistill.evaluate.report import summarize_times, write_report
-from kdistill.train.rundir import check_out_dir, finished_hf_run_config, prepare_run_dir, save_into, write_owned_text
+from kdistill.training.rundir import check_out_dir, finished_hf_run_config, prepare_run_dir, save_into, write_owned_text
 from kdistill.text.guard import EpochEnd, GuardedTrainer, RecordCheckpoints, ThreadShare
-from kdistill.train.tracking import Trackers, check_installed, trainer_callback
+from kdistill.training.tracking import Trackers, check_installed, trainer_callback
 from kdistill.text.config import TextDistillRunConfig, TextTrainRunConfig
 from kdistill.text.data import TextSplits, load_text_splits
 

@@ -29,7 +29,7 @@ CHECKPOINT = "state/checkpoint.pt"
 METRICS = "metrics.jsonl"
 BEST = "model.safetensors"
 LAST = "last.safetensors"
-NONFINITE = "state/stopped-nonfinite.json"  # left by a run the NaN guard stopped (kdistill.train.rundir reads it)
+NONFINITE = "state/stopped-nonfinite.json"  # left by a run the NaN guard stopped (kdistill.training.rundir reads it)
 START_OVER = "delete the run directory or pass --overwrite to start over"
 _FIELDS = {"epoch": int, "best_val_accuracy": (int, float), "best_epoch": int, "student": dict, "method": dict,
            "optimizer": dict, "scheduler": dict, "rng": dict}

@@ -17,10 +17,10 @@ from kdistill.data.splits import DataSplits
 from kdistill.data.streaming import take
 from kdistill.digests import file_sha256
 from kdistill.errors import KdistillError, first_line
-from kdistill.train.rundir import write_owned_text
+from kdistill.training.rundir import write_owned_text
 from kdistill.models import load_run_model
-from kdistill.train.teacher_files import EXPORTED_SUFFIX, ONNX_SUFFIX, load_exported_teacher, load_onnx_teacher, load_weights_teacher
-from kdistill.train.teacher_input import TeacherInputAdapter, attach_input_adapter
+from kdistill.training.teacher_files import EXPORTED_SUFFIX, ONNX_SUFFIX, load_exported_teacher, load_onnx_teacher, load_weights_teacher
+from kdistill.training.teacher_input import TeacherInputAdapter, attach_input_adapter
 
 
 class FrozenTeacher:
@@ -79,7 +79,7 @@ class MeanOfModels(nn.Module):
 def load_teacher(ref: TeacherRef | list[TeacherRef], precision: str = "fp32", *, data: DataSplits | None = None,
                  teacher_input: TeacherInput | None = None, trust: bool = False) -> FrozenTeacher:
     """The teacher a config names: a kdistill run directory (model.json + model.safetensors), an ONNX file, a
-    `torch.export` program (only with `trust`), `{model, weights}` (kdistill.train.teacher_files), or a list of these
+    `torch.export` program (only with `trust`), `{model, weights}` (kdistill.training.teacher_files), or a list of these
     (an ensemble: same classes and input shape, logits averaged). `data` (the data set the student trains on)
     is needed for `{model, weights}` and `teacher_input`; `teacher_input` applies to every member."""
     if isinstance(ref, (list, tuple)):

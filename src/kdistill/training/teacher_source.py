@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from kdistill.data.splits import Batch
-from kdistill.train.teachers import FrozenTeacher
+from kdistill.training.teachers import FrozenTeacher
 
 if TYPE_CHECKING:
     from kdistill.data.augment import Augmenter
-    from kdistill.train.teacher_cache import TeacherCache
+    from kdistill.training.teacher_cache import TeacherCache
 
 
 class TeacherSource:

@@ -49,8 +49,8 @@ from kdistill.data.streaming import in_chunks, is_streamed, take
 from kdistill.digests import tensors_sha256
 from kdistill.errors import KdistillError
 from kdistill.ownership import FOLDER, MANIFEST, Owned, pid_alive
-from kdistill.train.rundir import write_text_atomic
-from kdistill.train.teachers import FrozenTeacher
+from kdistill.training.rundir import write_text_atomic
+from kdistill.training.teachers import FrozenTeacher
 
 CACHE_FORMAT = 1
 HEADER = "header.json"

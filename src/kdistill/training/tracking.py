@@ -23,7 +23,7 @@ from typing import Any
 
 from kdistill.errors import KdistillError, first_line
 from kdistill.ownership import TREE, Owned
-from kdistill.train.rundir import write_owned_text
+from kdistill.training.rundir import write_owned_text
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 FOLDERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlruns"}

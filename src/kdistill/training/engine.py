@@ -8,7 +8,7 @@ validate in eval mode; write metrics, weights, and the resume checkpoint last (t
 commit point), so a run killed anywhere restarts from its last completed epoch and ends
 with the same weights as an uninterrupted run.
 
-Under torchrun (kdistill.train.distributed) every process walks the same global batches, trains
+Under torchrun (kdistill.training.distributed) every process walks the same global batches, trains
 on its own slice of each, averages gradients before each optimiser step, sums the metrics,
 and only rank 0 writes.
 """
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdistill.train import distributed, threads
-from kdistill.train.checkpoint import (CHECKPOINT, METRICS, NONFINITE, claim_run_files, commit_epoch, completed_metrics,
+from kdistill.training import distributed, threads
+from kdistill.training.checkpoint import (CHECKPOINT, METRICS, NONFINITE, claim_run_files, commit_epoch, completed_metrics,
                                  nonfinite_terms, read_checkpoint, restore, rng_state, set_rng_state, stop_nonfinite)
 from kdistill.config import TrainConfig
 from kdistill.data.augment import Augmenter
@@ -37,12 +37,12 @@ from kdistill.data.splits import Batch, DataSplits, iterate_batches
 from kdistill.errors import KdistillError
 from kdistill.models.inference import accuracy, predict_logits
 from kdistill.methods.base import Method
-from kdistill.train.teacher_source import TeacherSource
+from kdistill.training.teacher_source import TeacherSource
 from kdistill.data.streaming import take
-from kdistill.train.teachers import FrozenTeacher
+from kdistill.training.teachers import FrozenTeacher
 
 if TYPE_CHECKING:
-    from kdistill.train.teacher_cache import TeacherCache
+    from kdistill.training.teacher_cache import TeacherCache
 
 
 
@@ -215,7 +215,7 @@ def fit(
         student.train()
         method.train()
         method.start_epoch(epoch, cfg.epochs)
-        epoch_threads = threads.adjust(cfg.threads)  # this run's share of the cores (kdistill.train.threads)
+        epoch_threads = threads.adjust(cfg.threads)  # this run's share of the cores (kdistill.training.threads)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         meter, last_lr = EpochMeter(), optimizer.param_groups[0]["lr"]
         bar = tqdm(total=plan.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,

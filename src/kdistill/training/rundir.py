@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 import yaml
 
-from kdistill.train.checkpoint import NONFINITE
+from kdistill.training.checkpoint import NONFINITE
 from kdistill.errors import KdistillError
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, fresh_tmp
 
 RUN_MARKERS = ("config.yaml", "model.json")
 # What a train/distill run claims in its manifest when the directory is created (kdistill.ownership), before
-# writing any of it. `export` (kdistill.deploy.export) and `teacher-cache` (kdistill.train.teacher_cache: retraining the
+# writing any of it. `export` (kdistill.deploy.export) and `teacher-cache` (kdistill.training.teacher_cache: retraining the
 # teacher with --overwrite removes its caches, which describe the old weights) are folders with manifests of
 # their own, written later by other commands; evaluate claims its report-<split>.json when it writes one.
 RUN_FILES = ("config.yaml", "model.json", "teacher.json", "model.safetensors", "last.safetensors", "metrics.jsonl",

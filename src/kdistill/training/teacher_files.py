@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from kdistill.train.checkpoint import load_torch_file
+from kdistill.training.checkpoint import load_torch_file
 from kdistill.errors import KdistillError, first_line
 from kdistill.models.inference import onnx_session
 from kdistill.models import build_model
