@@ -211,7 +211,7 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
     task = tasks.for_config(config_path, overrides)
     config_model = task.config_model("distill")
     settings = _distill_settings(config_model)
-    objective = Objective.of(task)
+    goal = Objective.of(task)
     raw = apply_overrides(read_yaml(config_path), overrides)
     raw.setdefault("name", Path(config_path).stem)
     try:
@@ -238,7 +238,7 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
                   if sweep.prune else optuna.pruners.NopPruner())
         sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(1, sweep.trials // 2)))
         study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction="maximize" if objective.maximize else "minimize", load_if_exists=True)
+                                    direction="maximize" if goal.maximize else "minimize", load_if_exists=True)
         fingerprint = _fingerprint(raw, sweep)
         recorded = study.user_attrs.get("fingerprint")
         if recorded is None:
@@ -270,8 +270,8 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
             scores: list[float] = []
 
             def report(record: dict) -> None:
-                scores.append(record[objective.val_key])
-                trial.report(record[objective.val_key], record["epoch"])
+                scores.append(record[goal.val_key])
+                trial.report(record[goal.val_key], record["epoch"])
                 trial.set_user_attr("epochs", record["epoch"])
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
@@ -290,19 +290,19 @@ def run_sweep(config_path: str | Path, overrides: list[str], *, trials: int | No
             except optuna.TrialPruned:
                 trial.set_user_attr("seconds", time.perf_counter() - t0)
                 log(f"trial {trial.number}: {_describe(values)} -> pruned at epoch {trial.user_attrs.get('epochs')} "
-                    f"(val {objective.show(objective.best(scores))})")
+                    f"(val {goal.show(goal.best(scores))})")
                 raise
             trial.set_user_attr("seconds", time.perf_counter() - t0)
-            trial.set_user_attr(objective.test_name, row[objective.test_key])
-            log(f"trial {trial.number}: {_describe(values)} -> val {objective.show(objective.best(scores))} "
+            trial.set_user_attr(goal.test_name, row[goal.test_key])
+            log(f"trial {trial.number}: {_describe(values)} -> val {goal.show(goal.best(scores))} "
                 f"({time.perf_counter() - t0:.0f} s)")
-            return objective.best(scores)
+            return goal.best(scores)
 
         remaining = max(0, sweep.trials - done)
         if remaining:
             log(f"sweep {directory}: {done} trial(s) done, running {remaining} more")
             study.optimize(objective, n_trials=remaining, catch=())
-        summary = _write_summary(study, raw, directory, config_path, objective)
+        summary = _write_summary(study, raw, directory, config_path, goal)
     finally:
         lock.unlink(missing_ok=True)
     return summary
