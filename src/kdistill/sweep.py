@@ -100,10 +100,9 @@ def _distill_settings(config_model: type) -> type:
     return config_model.model_fields["distill"].annotation
 
 
-def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str,
-                     settings: type | None = None) -> dict[str, Any]:
+def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str, settings: type) -> dict[str, Any]:
     """The dotted overrides of one trial (define-by-run: a method's parameters only when it is chosen);
-    `settings` is the task's `distill` section model (default: the vision one)."""
+    `settings` is the task's `distill` section model."""
     from kdistill.methods import METHODS
 
     values: dict[str, Any] = {}
@@ -119,7 +118,7 @@ def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str,
         if parts[0] == "distill" and len(parts) == 2 and parts[1] not in METHODS:
             if parts[1] in fields:  # named per method: each keeps its own distribution (alpha means different things)
                 values[key] = _suggest(trial, f"{method}.{parts[1]}", spec)
-            elif parts[1] in _settings_fields(settings):  # teacher_outputs, teacher_precision, ...
+            elif parts[1] in settings.model_fields:  # teacher_outputs, teacher_precision, ...
                 values[key] = _suggest(trial, key, spec)
         elif parts[0] == "distill" and len(parts) >= 3 and parts[1] in METHODS:
             if parts[1] == method:
@@ -129,19 +128,11 @@ def sample_overrides(trial: Any, space: dict[str, Any], fixed_method: str,
     return values
 
 
-def _settings_fields(settings: type | None) -> set[str]:
-    if settings is None:
-        from kdistill.config import DistillConfig
-
-        settings = DistillConfig
-    return set(settings.model_fields)
-
-
-def _check_distill_keys(space: dict[str, Any], settings: type | None = None) -> None:
+def _check_distill_keys(space: dict[str, Any], settings: type) -> None:
     """`distill.X` must be a setting of some method (or of `distill` itself): a typo would otherwise never be sampled."""
     from kdistill.methods import METHODS
 
-    known = _settings_fields(settings) | {f for cls in METHODS.values() for f in cls.Params.model_fields}
+    known = set(settings.model_fields) | {f for cls in METHODS.values() for f in cls.Params.model_fields}
     for key in space:
         parts = key.split(".")
         if parts[0] != "distill" or key == "distill.method":
@@ -153,15 +144,14 @@ def _check_distill_keys(space: dict[str, Any], settings: type | None = None) -> 
                                 f"(it has: {', '.join(sorted(_method_fields(parts[1])))})")
 
 
-def _settings_into_section(raw: dict[str, Any], method: str, settings: type | None = None) -> dict[str, Any]:
+def _settings_into_section(raw: dict[str, Any], method: str, settings: type) -> dict[str, Any]:
     """Move the config's top-level method settings (`distill.alpha: 0.5`) into its method's own section
     (`distill.kd: {alpha: 0.5}`), so that a trial of another method does not receive them."""
     from kdistill.methods import METHODS
 
     raw = copy.deepcopy(raw)
     distill = raw.setdefault("distill", {})
-    own = _settings_fields(settings)
-    moved = {k: distill.pop(k) for k in list(distill) if k not in own and k not in METHODS}
+    moved = {k: distill.pop(k) for k in list(distill) if k not in settings.model_fields and k not in METHODS}
     if moved:
         distill[method] = {**moved, **(distill.get(method) or {})}
     return raw
