@@ -13,6 +13,11 @@ plus noise, so there is something to learn) under `--work` (outside git), then m
    student-alone epoch (`kdistill train`, 1 epoch) with `data.in_memory: true` and `false`, interleaved over
    `--rounds`; the engine's own samples/s of the epoch (validation excluded).
 3. **Samples/s vs `data.workers`** (0, 1, 2) for the streamed epoch on the smaller folder.
+4. **Several stored views per decoded image (FKD)** on the smaller folder, streamed, random crop and flip:
+   a student-alone epoch (`kdistill train`) against cached Hinton KD epochs (a 4-view cache) with
+   `distill.cache.views_per_image` 1, 2 and 4, interleaved over `--rounds`. With K views per image an
+   epoch is K x the training split from one read of each image, so the comparison is time per trained
+   sample (1 / the engine's samples/s): the distilled student's cost over the student alone's.
 
 Run: `make bench-streaming` or `python benchmarks/streaming.py [--sizes 20000 100000] [--rounds 3]`.
 Results: benchmarks/results/streaming.{json,md}. The teacher (a small CNN) is trained for one epoch on
@@ -120,11 +125,43 @@ def data(root: Path, **more) -> dict:
 def epoch_samples_per_s(work: Path, name: str, root: Path, **more) -> float:
     raw = {"name": name, "seed": 0, "data": data(root, **more), "model": STUDENT, "role": "student",
            "train": {"epochs": 1, "lr": 3e-3}, "out": str(work / "runs" / name)}
-    result = kdistill("train", str(write_config(work / f"{name}.yaml", raw)), "--overwrite", "-q")
+    return samples_per_s_of("train", work, name, raw)
+
+
+def samples_per_s_of(command: str, work: Path, name: str, raw: dict) -> float:
+    """Run `kdistill COMMAND` on the config `raw` (one epoch); the engine's samples/s of that epoch."""
+    result = kdistill(command, str(write_config(work / f"{name}.yaml", raw)), "--overwrite", "-q")
     if result.returncode:
         raise SystemExit(result.stderr)
     line = json.loads((work / "runs" / name / "metrics.jsonl").read_text().splitlines()[-1])
     return float(line["samples_per_s"])
+
+
+FKD_VIEWS = 4
+AUGMENT = ["random-crop", "hflip"]
+
+
+def views_per_image_speed(work: Path, root: Path, teacher_dir: Path, rounds: int, workers: int) -> dict[str, list[float]]:
+    """Samples/s of a streamed student-alone epoch and of streamed cached KD epochs with 1, 2 and 4 stored views
+    per decoded image, interleaved over `rounds`."""
+    def kd(per_image: int) -> dict:
+        return {"name": f"fkd-{per_image}", "seed": 0, "data": data(root, in_memory=False, workers=workers, augment=AUGMENT),
+                "teacher": str(teacher_dir), "student": STUDENT,
+                "distill": {"method": "kd", "teacher_outputs": "cached",
+                            "cache": {"views": FKD_VIEWS, "views_per_image": per_image, "dir": str(work / "cache-fkd")}},
+                "train": {"epochs": 1, "lr": 3e-3}, "out": str(work / "runs" / f"fkd-{per_image}")}
+
+    built = kdistill("cache-teacher", str(write_config(work / "fkd-1.yaml", kd(1))))
+    if built.returncode:
+        raise SystemExit(built.stderr)
+    speed: dict[str, list[float]] = {"alone": [], **{f"kd, {k} view(s) per image": [] for k in (1, 2, 4)}}
+    for round_ in range(rounds):
+        speed["alone"].append(epoch_samples_per_s(work, "fkd-alone", root, in_memory=False, workers=workers,
+                                                  augment=AUGMENT))
+        for k in (1, 2, 4):
+            speed[f"kd, {k} view(s) per image"].append(samples_per_s_of("distill", work, f"fkd-{k}", kd(k)))
+        print(f"round {round_ + 1}: " + ", ".join(f"{name} {v[-1]:.0f}/s" for name, v in speed.items()), file=sys.stderr)
+    return speed
 
 
 def main() -> None:
@@ -180,11 +217,17 @@ def main() -> None:
         by_workers[workers] = epoch_samples_per_s(work, f"alone-w{workers}", small, in_memory=False, workers=workers)
         print(f"workers {workers}: {by_workers[workers]:.0f}/s", file=sys.stderr)
 
+    fkd = views_per_image_speed(work, small, teacher_dir, args.rounds, cpus)
+    alone = statistics.median(fkd["alone"])
+    fkd_ratio = {name: alone / statistics.median(values) for name, values in fkd.items() if name != "alone"}
+
     machine = {"cpus": cpus, "python": platform.python_version()}
     result = {"command": " ".join(["python", "benchmarks/streaming.py", *sys.argv[1:]]), "machine": machine,
               "memory": memory, "epoch": {"samples_per_s": speed, "streamed_time_over_in_memory": ratio,
                                           "train_images": min(args.sizes)},
-              "workers": by_workers}
+              "workers": by_workers,
+              "views_per_image": {"samples_per_s": fkd, "time_per_sample_over_alone": fkd_ratio,
+                                  "cache_views": FKD_VIEWS, "augment": AUGMENT, "train_images": min(args.sizes)}}
     Path(args.results + ".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Streaming images from disk (CPU, {cpus} cores)", "", f"`{result['command']}`; synthetic 64x64 RGB PNGs, "
              f"10 classes, student `cnn {STUDENT['channels']}`, batch 256.", "",
@@ -202,6 +245,14 @@ def main() -> None:
               f"Streamed epoch time / in-memory epoch time: **{ratio:.2f}×** (target ≤ 1.3×).", "",
               "## Samples/s vs data.workers (streamed, student alone)", "", "| workers | samples/s |", "|---|---|"]
     lines += [f"| {w} | {v:,.0f} |" for w, v in by_workers.items()]
+    lines += ["", f"## Several stored views per decoded image (FKD; {min(args.sizes):,} images streamed, {cpus} workers, "
+              f"random crop + flip, {FKD_VIEWS}-view cache, {args.rounds} interleaved rounds, median)", "",
+              "An epoch with K views per image trains on K x the images from one read of each, so the unit is the "
+              "time per trained sample.", "",
+              "| run | samples/s (median) | all rounds | time per sample / student alone |", "|---|---|---|---|"]
+    lines += [f"| {name} | {statistics.median(values):,.0f} | {', '.join(f'{v:,.0f}' for v in values)} | "
+              + ("1 |" if name == "alone" else f"**{fkd_ratio[name]:.2f}×** |") for name, values in fkd.items()]
+    lines += ["", "Goal: a cached distillation epoch costs ≤ 1.0× the student alone's per sample (stretch ≤ 0.9×)."]
     Path(args.results + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

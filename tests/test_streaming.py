@@ -17,7 +17,8 @@ from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, valida
 from kdistill.data import load_dataset
 from kdistill.data.streaming import ImageFiles, is_streamed
 from kdistill.errors import KdistillError
-from kdistill.runner import run_distill, run_train
+from kdistill.models import build_model, model_spec
+from kdistill.runner import distill_setup, distill_student, run_distill, run_train
 from test_cli_errors import assert_user_error, cli
 from test_data import write_imagefolder
 
@@ -99,6 +100,36 @@ def test_a_streamed_cache_recreates_the_teachers_views(folder, tmp_path):
     header = json.loads((tmp_path / "cache-False" / "header.json").read_text())
     assert header["fingerprint"]["data"]["content_sha256"] != json.loads(
         (tmp_path / "cache-True" / "header.json").read_text())["fingerprint"]["data"]["content_sha256"]
+
+
+def test_views_per_image_decode_each_streamed_image_once_for_all_its_views(folder, tmp_path):
+    """FKD on the streaming path: with distill.cache.views_per_image 2 an epoch trains on 2 views of every
+    image, and each training image is read from disk once."""
+    teacher = {"name": "t", "seed": 0, "data": data_cfg(folder, in_memory=True), "model": {"name": "mlp", "hidden": [4]},
+               "train": {"epochs": 1}, "out": str(tmp_path / "teacher")}
+    run_train(validate_config(teacher, TrainRunConfig), progress=False)
+    raw = {"name": "kd", "seed": 0, "data": data_cfg(folder, in_memory=False, workers=0, augment=["random-crop", "hflip"]),
+           "teacher": str(tmp_path / "teacher"), "student": {"name": "mlp", "hidden": [8]},
+           "distill": {"method": "kd", "teacher_outputs": "cached",
+                       "cache": {"views": 3, "views_per_image": 2, "dir": str(tmp_path / "cache")}},
+           "train": {"epochs": 2}, "out": str(tmp_path / "kd")}
+    cfg = validate_config(raw, DistillRunConfig)
+    data, teacher_model, method = distill_setup(cfg)
+    decoded = {"n": 0}
+    decode = data.train.inputs.decode
+
+    def counted(path):
+        decoded["n"] += 1
+        return decode(path)
+
+    data.train.inputs.decode = counted  # workers=0: the epoch's images are decoded in this process
+    at_epoch_end = []
+    student = build_model("mlp", {"hidden": [8]}, data.input_shape, data.num_classes)
+    spec = model_spec("mlp", {"hidden": [8]}, data.input_shape, data.classes)
+    distill_student(cfg, student, spec, method, teacher_model, data, progress=False,
+                    on_epoch_end=lambda record: at_epoch_end.append((decoded["n"], record["samples"])))
+    (first, _), (second, samples) = at_epoch_end
+    assert second - first == len(data.train) == 60 and samples == 2 * 60
 
 
 def test_a_bad_image_met_while_streaming_is_one_line(folder, tmp_path, capsys):

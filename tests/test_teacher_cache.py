@@ -27,7 +27,8 @@ from kdistill.data.splits import Batch
 from kdistill.errors import KdistillError
 from kdistill.methods.base import METHODS, Method, register
 from kdistill.runner import run_cache_teacher, run_distill
-from kdistill.training.teacher_cache import build_cache, cache_fingerprint, open_cache, open_or_build_cache
+from kdistill.training.engine import EpochPlan
+from kdistill.training.teacher_cache import TeacherCache, build_cache, cache_fingerprint, open_cache, open_or_build_cache
 from kdistill.training.teachers import load_teacher
 
 AUG = ["random-crop", "hflip"]
@@ -84,6 +85,35 @@ def test_targets_draw_a_view_per_sample_and_recreate_its_image(tmp_path, teacher
     assert torch.equal(out.labels, batch.labels) and torch.equal(out.index, idx)
 
 
+def test_views_per_image_shows_each_image_in_distinct_stored_views(tmp_path, teacher_run, digits):
+    """FKD's multi-crop batches: each image of the batch becomes K rows in place, K distinct stored views, each
+    the re-created image the teacher labelled with that view's stored logits."""
+    built, teacher, augmenter, *_ = _build(tmp_path / "c", teacher_run, digits, AUG, views=4, dtype="float32")
+    marked = np.load(built.path / "logits.npy", mmap_mode="r+")  # two views of an 8x8 digit may share a crop and flip:
+    marked[:, :, 0] = np.arange(4)  # class 0's stored logit names the view, so each row's view can be read back
+    marked.flush()
+    cache = TeacherCache(built.path, built.header, augmenter, digits.train, views_per_image=3)
+    idx = torch.tensor([7, 0, 99, 500])
+    batch = Batch(digits.train.inputs[idx], digits.train.labels[idx], idx)
+    seen: dict[int, set[int]] = {}
+    for draw in range(30):
+        out, logits = cache.targets(batch, torch.Generator().manual_seed(draw))
+        assert out.inputs.shape[0] == logits.shape[0] == 12
+        for row in range(12):
+            i = int(idx[row // 3])
+            assert int(out.index[row]) == i and int(out.labels[row]) == int(digits.train.labels[i])
+            view = int(logits[row, 0])
+            assert np.array_equal(np.asarray(cache.logits[i, view]), logits[row].numpy())  # that view's stored logits
+            params = torch.from_numpy(np.asarray(cache.params[i, view], dtype=np.int64))[None]
+            assert torch.equal(out.inputs[row:row + 1], augmenter.apply(digits.train.inputs[i:i + 1], params))
+            seen.setdefault(draw * 4 + row // 3, set()).add(view)
+    assert all(len(views) == 3 for views in seen.values())  # an image's K views are distinct
+    for image in range(4):  # and over the draws every stored view of an image comes up
+        assert set().union(*(seen[draw * 4 + image] for draw in range(30))) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="between 1 and the cache's 4 views"):
+        TeacherCache(built.path, built.header, augmenter, digits.train, views_per_image=5)
+
+
 def test_top_k_keeps_the_k_largest_probabilities_and_spreads_the_rest(tmp_path, teacher_run, digits):
     k = 3
     cache, teacher, *_ = _build(tmp_path / "c", teacher_run, digits, [], top_k=k, dtype="float32")
@@ -133,6 +163,27 @@ def test_cached_distillation_with_views_resumes_exactly(tmp_path, distill_config
 
     resumed = validate_config({**raw, "out": str(tmp_path / "resumed")}, DistillRunConfig)
     interrupt_distill(resumed, monkeypatch, 1 + 17 + 5)  # dry run + one epoch (17 batches) + 5 batches
+    run_distill(resumed, progress=False)
+    a, b = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "resumed" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_views_per_image_trains_k_samples_per_image_and_resumes_exactly(tmp_path, distill_config, monkeypatch):
+    raw = _cached_config(distill_config, tmp_path, views=3, views_per_image=2)
+    raw["data"]["augment"] = AUG
+    raw["train"]["epochs"] = 2
+    straight = validate_config({**raw, "out": str(tmp_path / "straight")}, DistillRunConfig)
+    run_distill(straight, progress=False)
+    n = len(load_dataset(straight.data).train)
+    epochs = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["samples"] for e in epochs] == [2 * n, 2 * n] and all(e["views_per_image"] == 2 for e in epochs)
+    header = json.loads((tmp_path / "cache" / "header.json").read_text())
+    assert "views_per_image" not in json.dumps(header["fingerprint"])  # how the cache is read, not what it holds
+
+    batches = EpochPlan.of(2 * n, 64, 1, 1).batches  # 32 images of 2 views each per batch
+    assert batches == math.ceil(n / 32)
+    resumed = validate_config({**raw, "out": str(tmp_path / "resumed")}, DistillRunConfig)
+    interrupt_distill(resumed, monkeypatch, 1 + batches + 5)  # dry run + one epoch + 5 batches
     run_distill(resumed, progress=False)
     a, b = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "resumed" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -270,6 +321,11 @@ def test_default_location_is_inside_the_teacher_run_and_goes_with_an_overwrite(t
     (["distill.cache.views=0"], "distill.cache.views"),
     (["distill.cache.dtype=int8"], "distill.cache.dtype"),
     (["distill.teacher_outputs=disk"], "distill.teacher_outputs"),
+    (["distill.cache.views_per_image=2"], "distill.cache.views_per_image=2 needs at least that many stored views; "
+                                          "distill.cache.views is 1"),
+    (["distill.cache.views=3", "distill.cache.views_per_image=3"], "data.batch_size=64 must be a multiple of "
+                                                                   "distill.cache.views_per_image=3"),
+    (["distill.teacher_outputs=live", "distill.cache.views_per_image=2"], "set distill.teacher_outputs=cached"),
 ])
 def test_bad_cache_settings_are_one_line_errors(tmp_path, distill_config, overrides, message):
     cfg_path = write_yaml(tmp_path / "kd.yaml", _cached_config(distill_config, tmp_path))

@@ -130,9 +130,13 @@ class CacheConfig(_Strict):
     `views`: augmented versions of every training sample (their augmentation choices are
     stored too); `top_k`: keep only the k largest log-probabilities per view plus the
     leftover mass (for many classes); `dir`: default `<teacher run>/teacher-cache/<name>`.
+    `views_per_image`: how many of an image's stored views the student trains on each epoch, in the
+    same batch, from one decoded copy (FKD's multi-crop sampling): an epoch is then N x views_per_image
+    samples, and a streamed image is read from disk once for all of them.
     """
 
     views: int = Field(1, ge=1, le=1000)
+    views_per_image: int = Field(1, ge=1, le=1000, description="stored views trained on per decoded image and epoch")
     dir: str | None = None
     top_k: int | None = Field(None, ge=1)
     dtype: Literal["float16", "float32"] = "float16"

@@ -211,7 +211,26 @@ def _teacher_cache(cfg: DistillRunConfig, method: Method, teacher: FrozenTeacher
     print(f"kdistill: teacher cache {path}: {len(data.train)} samples x {ccfg.views} view(s), "
           f"{cache.size_bytes() / 1e6:.1f} MB ({cache.size_bytes() / ccfg.views / 1e6:.2f} MB per view){took}",
           file=sys.stderr)
+    if ccfg.views_per_image > 1:
+        print(f"kdistill: each epoch trains on {ccfg.views_per_image} stored views of every image from one decoded copy: "
+              f"{len(data.train) * ccfg.views_per_image:,} samples per epoch", file=sys.stderr)
     return cache
+
+
+def check_views_per_image(cfg: DistillRunConfig, method: Method) -> None:
+    """`distill.cache.views_per_image` K needs a cache of at least K views and a batch of whole images' views."""
+    per_image, ccfg = cfg.distill.cache.views_per_image, cfg.distill.cache
+    if per_image == 1:
+        return
+    if cfg.distill.teacher_outputs != "cached" or not method.needs_teacher:
+        raise KdistillError(f"distill.cache.views_per_image={per_image} shows each image in {per_image} stored views of "
+                            "the teacher cache; set distill.teacher_outputs=cached (with a method that uses the teacher)")
+    if per_image > ccfg.views:
+        raise KdistillError(f"distill.cache.views_per_image={per_image} needs at least that many stored views; "
+                            f"distill.cache.views is {ccfg.views}")
+    if cfg.data.batch_size % per_image:
+        raise KdistillError(f"data.batch_size={cfg.data.batch_size} must be a multiple of distill.cache.views_per_image="
+                            f"{per_image} (each batch holds batch_size / {per_image} images, {per_image} views each)")
 
 
 def distill_setup(cfg: DistillRunConfig, data: DataSplits | None = None,
@@ -220,6 +239,7 @@ def distill_setup(cfg: DistillRunConfig, data: DataSplits | None = None,
     against each other."""
     method = build_distill_method(cfg.distill.method, cfg.distill.method_params(), cfg.distill.terms)
     check_task(method, "vision")
+    check_views_per_image(cfg, method)
     data = data if data is not None else load_dataset(cfg.data, unlabeled=learns_from_unlabeled(method))
     if not learns_from_unlabeled(method):  # plain CE: the unlabelled samples (given in Python) would add nothing
         data = drop_unlabeled(data)

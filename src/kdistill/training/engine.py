@@ -188,7 +188,8 @@ def fit(
     """Train `student` with `method` (and `teacher`, if the method needs one); write the run directory.
 
     With `cache`, the teacher's logits and each sample's augmentation come from the cache
-    (one stored view drawn per sample per epoch) and `teacher` and `augment` are not used
+    (one stored view drawn per sample per epoch, or `cache.views_per_image` of them: an epoch
+    is then that many times the training split) and `teacher` and `augment` are not used
     in training. `on_epoch_end(record)` is called after each committed epoch with its metrics
     line (a hyperparameter search prunes from there by raising).
     """
@@ -203,7 +204,8 @@ def fit(
     source = TeacherSource(teacher, cache, augment, method.needs_teacher)
     trainable = _trainable(student, method, teacher)
     check_global_batch(batch_size, ctx)
-    plan = EpochPlan.of(len(data.train), batch_size, ctx.world, cfg.grad_accum)
+    per_image = source.views_per_image  # the batches of images drawn hold batch_size / per_image images
+    plan = EpochPlan.of(len(data.train) * per_image, batch_size, ctx.world, cfg.grad_accum)
     optimizer = build_optimizer(cfg, trainable)
     factor = lr_factor(cfg, plan.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -221,7 +223,7 @@ def fit(
         bar = tqdm(total=plan.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and ctx.is_main else True, unit="batch")
         optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(iterate_batches(data.train, batch_size, shuffle=True, generator=generator,
+        for i, batch in enumerate(iterate_batches(data.train, batch_size // per_image, shuffle=True, generator=generator,
                                                   drop_last=plan.drop_last)):
             batch, drawn = source.draw(batch, generator)  # every process draws the same global batch
             global_n = batch.labels.shape[0]
@@ -256,7 +258,8 @@ def fit(
         val_acc = _validation_accuracy(ctx, student, data, eval_batch_size, device)
         record = {"epoch": epoch + 1, "lr": last_lr, **meter.means(), **meter.counts(),
                   "val_accuracy": val_acc, "seconds": train_seconds, "samples_per_s": meter.seen / train_seconds,
-                  "threads": epoch_threads, **({"processes": shards} if shards else {})}
+                  "threads": epoch_threads, **({"views_per_image": per_image} if per_image > 1 else {}),
+                  **({"processes": shards} if shards else {})}
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch = val_acc, epoch + 1

@@ -6,7 +6,9 @@ DistillKit stores top-k log-probabilities). For every training sample the cache 
 `views` augmented versions: the augmentation choices of each view (crop offsets, flip) and
 the teacher's logits on exactly that image. Each epoch the engine draws one stored view per
 sample, re-creates the image from the stored choices, and shows it to the student, so the
-student and the teacher see the same pixels.
+student and the teacher see the same pixels. With `distill.cache.views_per_image: K` it draws
+K distinct views of every image instead, in the same batch, from one decoded copy (FKD's
+multi-crop sampling): a streamed image is read from disk once for K training samples.
 
 On disk (a directory, numpy `.npy` files read as memory maps):
 
@@ -105,9 +107,14 @@ def _differences(found: dict[str, Any], wanted: dict[str, Any], prefix: str = ""
 
 
 class TeacherCache:
-    """An opened, complete cache: draws a stored view per sample and returns (augmented batch, teacher logits)."""
+    """An opened, complete cache: draws stored views of each sample and returns (augmented batch, teacher logits).
 
-    def __init__(self, path: Path, header: dict[str, Any], augmenter: Augmenter | None, train: Split | None = None):
+    `views_per_image` K > 1 is FKD's multi-crop sampling (Shen & Xing, ECCV 2022): each image of a batch is
+    shown in K distinct stored views, side by side in the same batch, all re-created from the one decoded
+    copy, so the engine feeds the cache batches of batch_size / K images."""
+
+    def __init__(self, path: Path, header: dict[str, Any], augmenter: Augmenter | None, train: Split | None = None,
+                 views_per_image: int = 1):
         self.path = Path(path)
         self.header = header
         self.augmenter = augmenter
@@ -116,6 +123,9 @@ class TeacherCache:
         if self.mix is not None and (train is None or augmenter is None or augmenter.mix is None):
             raise ValueError("a cache of mixed views needs the training split and the mixing augmenter")
         self.views = int(header["fingerprint"]["views"])
+        if not 1 <= views_per_image <= self.views:
+            raise ValueError(f"views_per_image={views_per_image} must be between 1 and the cache's {self.views} views")
+        self.views_per_image = views_per_image
         self.num_classes = int(header["num_classes"])
         self.top_k = header["fingerprint"]["top_k"]
         self.params = np.load(self.path / "params.npy", mmap_mode="r")
@@ -143,10 +153,13 @@ class TeacherCache:
         return dense.scatter_(1, where, values)
 
     def targets(self, batch: Batch, generator: torch.Generator) -> tuple[Batch, torch.Tensor]:
-        """Pick one stored view per sample (drawn from `generator`), re-create it, return it with its logits."""
-        n = batch.labels.shape[0]
+        """Pick stored views of each sample (drawn from `generator`; `views_per_image` distinct ones, each image
+        repeated that many times, in place), re-create them, return them with their logits."""
+        view = self._draw_views(batch.labels.shape[0], generator)
+        if self.views_per_image > 1:
+            batch = batch._replace(**{name: getattr(batch, name).repeat_interleave(self.views_per_image, dim=0)
+                                      for name in ("inputs", "labels", "index")})
         index = batch.index.numpy()
-        view = torch.randint(self.views, (n,), generator=generator).numpy() if self.views > 1 else np.zeros(n, dtype=np.int64)
         inputs = batch.inputs
         if self.augmenter is not None:
             params = torch.from_numpy(np.asarray(self.params[index, view], dtype=np.int64))
@@ -156,6 +169,13 @@ class TeacherCache:
             inputs, mixed = _mixed_view(self.augmenter, self.train, inputs, mix, view, self.params)
             return batch._replace(inputs=inputs, mixed=mixed), self.stored_logits(index, view)
         return batch._replace(inputs=inputs), self.stored_logits(index, view)
+
+    def _draw_views(self, n: int, generator: torch.Generator) -> np.ndarray:
+        """The view of each of the n * views_per_image samples: one drawn per image, or K distinct ones in a row."""
+        if self.views_per_image > 1:  # a random permutation of the views per image, its first K
+            order = torch.rand(n, self.views, generator=generator).argsort(dim=1)
+            return order[:, : self.views_per_image].reshape(-1).numpy()
+        return torch.randint(self.views, (n,), generator=generator).numpy() if self.views > 1 else np.zeros(n, dtype=np.int64)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
@@ -368,7 +388,7 @@ def build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_classes: i
                 bar.update(stop - start)
         bar.close()
 
-    return TeacherCache(path, write_cache_folder(path, header, arrays, fill), augmenter, train)
+    return TeacherCache(path, write_cache_folder(path, header, arrays, fill), augmenter, train, cfg.views_per_image)
 
 
 def open_cache_header(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -415,6 +435,7 @@ def open_or_build_cache(path: Path, teacher: FrozenTeacher, train: Split, num_cl
                         cfg: CacheConfig, fingerprint: dict[str, Any], device: torch.device, *,
                         rebuild: bool = False, progress: bool = True) -> tuple[TeacherCache, bool]:
     """The matching vision cache at `path`, built if absent, interrupted or (with `rebuild`) mismatched; (cache, built?)."""
-    return open_or_build(path, fingerprint, lambda header: TeacherCache(Path(path), header, augmenter, train),
+    return open_or_build(path, fingerprint,
+                         lambda header: TeacherCache(Path(path), header, augmenter, train, cfg.views_per_image),
                          lambda: build_cache(path, teacher, train, num_classes, augmenter, cfg, fingerprint, device, progress),
                          rebuild=rebuild)

@@ -29,6 +29,8 @@ class TeacherSource:
         self.cache = cache
         self.augment = augment
         self.live = teacher if cache is None and needs_teacher else None
+        # Training samples per image of a drawn batch: a cache may show each image in several stored views.
+        self.views_per_image = cache.views_per_image if cache is not None else 1
 
     def draw(self, batch: Batch, generator: torch.Generator) -> tuple[Batch, torch.Tensor | None]:
         """The global batch as the student sees it (augmented, or a cached view) and its cached logits, if any."""
