@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import run_cli, write_yaml
+from test_data import write_imagefolder
 
 # 2 processes on the global batch vs 1 process on the same batch: the same arithmetic up to the order of float sums.
 WEIGHT_TOLERANCE = 1e-5
@@ -110,6 +111,36 @@ def test_crd_and_a_too_small_global_batch_are_refused(tmp_path, teacher_run):
     result = _torchrun("distill", str(write_yaml(tmp_path / "small.yaml", small)), "-q")
     assert result.returncode != 0 and result.stderr.count("must be at least 4") == 1
     assert not (tmp_path / "small").exists()  # refused before anything was written
+
+
+def test_two_processes_each_decode_their_own_streamed_images_and_match_one_process(tmp_path):
+    """Streamed images under torchrun: each process decodes only the images of its slice (the other rows of
+    its batch are zeros), for a live augmented teacher and for a cache showing 2 views per decoded image; the
+    result is one process's."""
+    root = tmp_path / "images"
+    write_imagefolder(root, classes=("ant", "bee", "cat"), counts={"train": 30, "val": 6, "test": 6}, size=(10, 9))
+    data = {"name": "imagefolder", "root": str(root), "batch_size": 16, "augment": ["random-crop", "hflip"]}
+    teacher = {"name": "t", "seed": 0, "data": data, "model": {"name": "mlp", "hidden": [8]},
+               "train": {"epochs": 1, "device": "cpu"}, "out": str(tmp_path / "teacher")}
+    assert run_cli("train", str(write_yaml(tmp_path / "t.yaml", teacher)), "-q").returncode == 0
+    distills = {"live": {"method": "kd", "temperature": 4.0, "alpha": 0.5},
+                "cached": {"method": "kd", "teacher_outputs": "cached",
+                           "cache": {"views": 2, "views_per_image": 2, "dtype": "float32", "dir": str(tmp_path / "cache")}}}
+    for name, distill in distills.items():
+        cfg = {"name": name, "seed": 0, "data": {**data, "in_memory": False, "workers": 0}, "teacher": str(tmp_path / "teacher"),
+               "student": {"name": "mlp", "hidden": [16]}, "distill": distill,
+               "train": {"epochs": 2, "lr": 3e-3, "device": "cpu"}, "out": str(tmp_path / name)}
+        path = write_yaml(tmp_path / f"{name}.yaml", cfg)
+        if name == "cached":  # built once, by one process, for both runs
+            assert run_cli("cache-teacher", str(path)).returncode == 0
+        result = _torchrun("distill", str(path), "-q")
+        assert result.returncode == 0, result.stderr[-2000:]
+        single = run_cli("distill", str(path), f"out={tmp_path / (name + '-single')}", "-q")
+        assert single.returncode == 0, single.stderr
+        assert _max_weight_diff(tmp_path / name / "last.safetensors",
+                                tmp_path / f"{name}-single" / "last.safetensors") < WEIGHT_TOLERANCE
+        for a, b in zip(_metrics(tmp_path / name), _metrics(tmp_path / f"{name}-single")):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["samples"] == b["samples"]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,9 +16,13 @@ from safetensors.torch import load_file
 from conftest import tree_digest, write_yaml
 from kdistill.config import DataConfig, DistillRunConfig, TrainRunConfig, validate_config
 from kdistill.data import load_dataset
+from kdistill.data.augment import build_augmentation
+from kdistill.data.splits import iterate_batches
 from kdistill.data.streaming import ImageFiles, is_streamed
 from kdistill.errors import KdistillError
 from kdistill.models import build_model, model_spec
+from kdistill.training import distributed
+from kdistill.training.teacher_source import TeacherSource
 from kdistill.runner import distill_setup, distill_student, run_distill, run_train
 from test_cli_errors import assert_user_error, cli
 from test_data import write_imagefolder
@@ -130,6 +135,43 @@ def test_views_per_image_decode_each_streamed_image_once_for_all_its_views(folde
                     on_epoch_end=lambda record: at_epoch_end.append((decoded["n"], record["samples"])))
     (first, _), (second, samples) = at_epoch_end
     assert second - first == len(data.train) == 60 and samples == 2 * 60
+
+
+def test_a_process_decodes_only_the_rows_of_its_slice(folder):
+    """Under torchrun each process decodes only the images its slice of the global batch is made from; the
+    other rows are zeros, and the decoded ones are the in-memory images."""
+    held = load_dataset(DataConfig(**data_cfg(folder, in_memory=True)))
+    streamed = load_dataset(DataConfig(**data_cfg(folder, in_memory=False, workers=0)))
+    decoded = {"n": 0}
+    decode = streamed.train.inputs.decode
+
+    def counted(path):
+        decoded["n"] += 1
+        return decode(path)
+
+    streamed.train.inputs.decode = counted
+    rank1 = distributed.Context(rank=1, world=2)
+    for per_image in (1, 3):
+        cache = SimpleNamespace(views_per_image=per_image)
+        source = TeacherSource(None, cache, None, needs_teacher=True)
+        rows = lambda n: source.image_rows(n, rank1.shard)  # noqa: E731
+        decoded["n"], wanted = 0, 0
+        batches = zip(iterate_batches(held.train, 7, shuffle=True, generator=torch.Generator().manual_seed(1)),
+                      iterate_batches(streamed.train, 7, shuffle=True, generator=torch.Generator().manual_seed(1), rows=rows))
+        for whole, part in batches:
+            n = len(whole.index)
+            mine = rows(n)
+            drawn = rank1.shard(n * per_image)  # rank 1's drawn rows show images mine.start .. mine.stop - 1
+            assert mine.start == drawn.start // per_image and mine.stop == (drawn.stop - 1) // per_image + 1
+            assert torch.equal(part.index, whole.index) and torch.equal(part.labels, whole.labels)
+            torch.testing.assert_close(part.inputs[mine], whole.inputs[mine], rtol=0, atol=1e-6)
+            others = torch.ones(n, dtype=torch.bool)
+            others[mine] = False
+            assert not part.inputs[others].any()
+            wanted += len(range(n)[mine])
+        assert decoded["n"] == wanted < len(held.train)
+    mixing = build_augmentation(["hflip", "mixup"], held.input_shape)
+    assert TeacherSource(None, None, mixing, needs_teacher=False).image_rows(8, rank1.shard) == slice(0, 8)
 
 
 def test_a_bad_image_met_while_streaming_is_one_line(folder, tmp_path, capsys):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -80,14 +80,24 @@ def iterate_batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    rows: Callable[[int], slice] | None = None,
 ) -> Iterator[Batch]:
-    """Yield batches of an in-memory split; the order is drawn from `generator` when shuffling."""
+    """Yield batches of a split; the order is drawn from `generator` when shuffling.
+
+    A streamed split is decoded from disk in DataLoader workers, in this same order. `rows(n)` names the
+    rows of an n-sample batch this process needs (under torchrun, those its slice is made from): only they
+    are decoded, and the other rows of the batch are zeros."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     chunks = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
-    if is_streamed(split.inputs):  # decoded from disk in DataLoader workers, in this same order
-        for idx, inputs in zip(chunks, split.inputs.batches(chunks)):
+    if is_streamed(split.inputs):
+        wanted = [chunk[rows(len(chunk))] if rows is not None else chunk for chunk in chunks]
+        for idx, part, inputs in zip(chunks, wanted, split.inputs.batches(wanted)):
+            if len(part) < len(idx):
+                whole = inputs.new_zeros((len(idx), *inputs.shape[1:]))
+                whole[rows(len(idx))] = inputs
+                inputs = whole
             yield Batch(inputs, split.labels[idx], idx)
         return
     for idx in chunks:

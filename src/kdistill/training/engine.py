@@ -9,8 +9,8 @@ commit point), so a run killed anywhere restarts from its last completed epoch a
 with the same weights as an uninterrupted run.
 
 Under torchrun (kdistill.training.distributed) every process walks the same global batches, trains
-on its own slice of each, averages gradients before each optimiser step, sums the metrics,
-and only rank 0 writes.
+on its own slice of each (decoding from disk, for streamed images, only the images that slice is made
+from), averages gradients before each optimiser step, sums the metrics, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -205,6 +205,8 @@ def fit(
     trainable = _trainable(student, method, teacher)
     check_global_batch(batch_size, ctx)
     per_image = source.views_per_image  # the batches of images drawn hold batch_size / per_image images
+    # Several processes: each decodes (streamed images) only the rows its slice of the global batch is made from.
+    rows = (lambda n: source.image_rows(n, ctx.shard)) if ctx.active else None
     plan = EpochPlan.of(len(data.train) * per_image, batch_size, ctx.world, cfg.grad_accum)
     optimizer = build_optimizer(cfg, trainable)
     factor = lr_factor(cfg, plan.steps)
@@ -224,7 +226,7 @@ def fit(
                    disable=None if progress and ctx.is_main else True, unit="batch")
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(iterate_batches(data.train, batch_size // per_image, shuffle=True, generator=generator,
-                                                  drop_last=plan.drop_last)):
+                                                  drop_last=plan.drop_last, rows=rows)):
             batch, drawn = source.draw(batch, generator)  # every process draws the same global batch
             global_n = batch.labels.shape[0]
             batch = batch._replace(labeled_share=float(batch.label_weights().sum()) / global_n)

@@ -7,7 +7,7 @@ drawn)` on this process's slice, on its device (the live teacher runs here, unde
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -39,6 +39,15 @@ class TeacherSource:
         if self.augment is not None:
             batch = self.augment.augment_batch(batch, generator)
         return batch, None
+
+    def image_rows(self, n: int, shard: Callable[[int], slice]) -> slice:
+        """The rows of a batch of n images that this process's slice (`shard` of the drawn batch) is made from:
+        all of them when a live mix pairs images across the batch."""
+        if self.cache is None and self.augment is not None and self.augment.mix is not None:
+            return slice(0, n)
+        k = self.views_per_image  # drawn row j shows image j // k
+        part = shard(n * k)
+        return slice(part.start // k, -(-part.stop // k))
 
     def logits(self, inputs: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor | None:
         """The teacher's logits for this process's `inputs`: the cached ones, the live teacher's, or None."""
