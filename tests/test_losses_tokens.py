@@ -570,6 +570,80 @@ def test_forward_kl_gradient_is_t_times_q_minus_p_over_n(temperature):
         _assert_values(hidden.grad[i], expected, GRAD_TOL, f"logit gradient, token {i}")
 
 
+# --- 7b. the closed-form gradient of CE and forward KL (kdistill.losses.closed_form) --------------------
+
+def _teacher_of(kind: str, temperature: float):
+    teacher = _teacher(seed=140)
+    if kind == "none":
+        return None
+    if kind == "dense":
+        return teacher
+    k = {"top_3": 3, "top_V": V, "top_3_f16": 3}[kind]
+    top = top_k_of(_dense_teacher_logits(teacher), k=k, temperature=temperature)
+    if kind.endswith("f16"):  # a float16 cache: its k probabilities and tail no longer sum to 1 exactly
+        top = type(top)(top.logprobs.half(), top.ids, top.tail_logmass.half(), temperature)
+    return top
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("kind", ["none", "dense", "top_3", "top_V", "top_3_f16"])
+def test_closed_form_values_and_gradients_equal_autograd_under_checkpointing(kind, temperature, smoothing):
+    """CE and forward KL through the closed-form gradient give the autograd path's values and gradients (hidden,
+    head, bias), with the two terms weighted differently so a mix-up between them would show."""
+    base, teacher = _student(seed=150), _teacher_of(kind, temperature)
+    results = []
+    for closed_form in (True, False):
+        _zero_grads(base)
+        ce, kl = token_terms(_rechunk(base, 3), teacher, forward_kl, temperature=temperature,
+                             label_smoothing=smoothing, closed_form=closed_form)
+        (0.3 * ce + 1.7 * kl).backward()
+        results.append(((ce.item(), kl.item()), _grads(base)))
+    (values, grads), (reference_values, reference_grads) = results
+    assert values == pytest.approx(reference_values, abs=CHUNK_TOL)
+    assert (values[1] > 1e-3) == (kind != "none")
+    # float16 rows: autograd takes the tail mass's exp in float32, the closed form the ratio of the masses in float64
+    for g, r, what in zip(grads, reference_grads, ("hidden", "head", "bias")):
+        assert r.abs().max() > 1e-3
+        tolerance = 1.2e-7 * float(r.abs().max()) if kind.endswith("f16") else GRAD_TOL  # float32's epsilon, relative
+        assert (g - r).abs().max() <= tolerance, (what, (g - r).abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["none", "dense", "top_3", "top_V"])
+def test_closed_form_gradient_passes_a_finite_difference_check(kind):
+    """The closed-form backward against central finite differences of its own forward (torch.autograd.gradcheck,
+    float64), for hidden states, head and bias at once; T = 2 with label smoothing."""
+    from kdistill.losses.closed_form import closed_form_sums
+    from kdistill.losses.tokens import _closed_form_teacher
+
+    student, teacher = _student(seed=160), _teacher_of(kind, 2.0)
+    chunk = _closed_form_teacher(teacher, slice(0, N))
+
+    def sums(hidden, head, bias):
+        return closed_form_sums(hidden, head, bias, student.labels, chunk, 2.0, 0.1)
+
+    assert torch.autograd.gradcheck(sums, (student.hidden, student.head, student.head_bias), eps=1e-6, atol=1e-8)
+
+
+def test_the_forward_kl_method_takes_the_closed_form_and_the_others_autograd(monkeypatch):
+    """forward_kl and ce run through the closed form; reverse KL stays on autograd (no closed form written)."""
+    import kdistill.losses.tokens as tokens
+
+    calls = {"n": 0}
+    original = tokens.closed_form_sums
+
+    def counted(*args):
+        calls["n"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(tokens, "closed_form_sums", counted)
+    student, teacher = _student(chunk=3), _teacher()
+    for name, expected in (("forward_kl", 3), ("ce", 3), ("reverse_kl", 0)):
+        calls["n"] = 0
+        sum(build_method(name, {})(None, student, teacher).values()).backward()
+        assert calls["n"] == expected, name  # N = 7 tokens in chunks of 3
+
+
 # --- 8. no scored tokens ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["dense", "top_k", "none"])

@@ -21,7 +21,8 @@ Reading top-k log-probabilities as a whole distribution (renormalising them) is 
 `token_terms` computes the next-token cross-entropy and one divergence from the student's final hidden
 states and output head, `chunk` tokens at a time under activation checkpointing: the forward pass holds
 one chunk's (chunk × vocabulary) logits, and the backward pass recomputes them chunk by chunk, so memory
-is bounded by the chunk, not by batch × length × vocabulary.
+is bounded by the chunk, not by batch × length × vocabulary. The CE alone and forward KL skip the
+checkpointed graph: their gradient has a closed form (kdistill.losses.closed_form), which is faster.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from kdistill.losses.closed_form import closed_form_sums
 
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -179,10 +182,24 @@ def _chunk_sums(student: TokenStates, teacher: TopK | TeacherHidden | None, dive
     return torch.stack([ce, divergence(p, q).sum()])
 
 
+def _closed_form_teacher(teacher: TopK | TeacherHidden | None, index: slice) -> tuple | None:
+    """One chunk's teacher in the form kdistill.losses.closed_form takes."""
+    if teacher is None:
+        return None
+    if isinstance(teacher, TopK):
+        rows = teacher.rows(index)
+        return ("top_k", rows.logprobs, rows.ids.long(), rows.tail_logmass)
+    return ("dense", teacher.hidden[index], teacher.head, teacher.head_bias)
+
+
 def token_terms(student: TokenStates, teacher: TopK | TeacherHidden | None, divergence: Divergence | None, *,
-                temperature: float = 1.0, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                temperature: float = 1.0, label_smoothing: float = 0.0,
+                closed_form: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean next-token CE, mean divergence) over the student's scored tokens, chunk by chunk (module
-    docstring); the divergence is 0 without a teacher or a divergence. Not scaled by T² here."""
+    docstring); the divergence is 0 without a teacher or a divergence. Not scaled by T² here.
+
+    The CE alone and forward KL take the closed-form gradient of kdistill.losses.closed_form (`closed_form`
+    False: autograd under checkpointing, as every other divergence)."""
     if isinstance(teacher, TopK) and divergence is not None and teacher.temperature != temperature:
         raise ValueError(f"the teacher's top-k was taken at temperature {teacher.temperature}, the loss uses {temperature}")
     if student.tokens == 0:  # no scored token: a zero with a graph through every student input, so backward runs
@@ -190,9 +207,16 @@ def token_terms(student: TokenStates, teacher: TopK | TeacherHidden | None, dive
         if student.head_bias is not None:
             zero = zero + student.head_bias.sum() * 0.0
         return zero, zero
+    if divergence is None:
+        teacher = None
+    fast = closed_form and (teacher is None or divergence is forward_kl)
     sums = []
     for start in range(0, student.tokens, student.chunk):
         index = slice(start, min(start + student.chunk, student.tokens))
+        if fast:
+            sums.append(closed_form_sums(student.hidden[index], student.head, student.head_bias, student.labels[index],
+                                         _closed_form_teacher(teacher, index), temperature, label_smoothing))
+            continue
         fn = lambda h, w, index=index: _chunk_sums(student, teacher, divergence, temperature, label_smoothing, index, h, w)
         if torch.is_grad_enabled() and (student.hidden.requires_grad or student.head.requires_grad):
             sums.append(checkpoint(fn, student.hidden[index], student.head, use_reentrant=False))
