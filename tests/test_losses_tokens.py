@@ -625,6 +625,26 @@ def test_closed_form_gradient_passes_a_finite_difference_check(kind):
     assert torch.autograd.gradcheck(sums, (student.hidden, student.head, student.head_bias), eps=1e-6, atol=1e-8)
 
 
+def test_closed_form_under_bf16_autocast_matches_autograd_at_bf16_precision():
+    """Under bf16 autocast (train.precision bf16) the head matmul runs in bf16 on both paths: equal values, and
+    gradients within bf16's resolution of each other."""
+    base = _student(seed=170)
+    for t in (base.hidden, base.head, base.head_bias):
+        t.data = t.data.float()
+    top = top_k_of(_dense_teacher_logits(_teacher()).float(), k=3)
+    results = []
+    for closed_form in (True, False):
+        _zero_grads(base)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ce, kl = token_terms(_rechunk(base, 3), top, forward_kl, closed_form=closed_form)
+        (0.5 * ce + 0.5 * kl).backward()
+        results.append(((ce.item(), kl.item()), _grads(base)))
+    (values, grads), (reference_values, reference_grads) = results
+    assert values == pytest.approx(reference_values, rel=1e-6)
+    for g, r in zip(grads, reference_grads):
+        assert g.dtype == torch.float32 and (g - r).abs().max() <= 2e-2 * r.abs().max()  # bf16: 8 bits of mantissa
+
+
 def test_the_forward_kl_method_takes_the_closed_form_and_the_others_autograd(monkeypatch):
     """forward_kl and ce run through the closed form; reverse KL stays on autograd (no closed form written)."""
     import kdistill.losses.tokens as tokens
