@@ -24,24 +24,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-
-def _float(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
+from kdistill.losses.token_sides import TeacherHidden, TopK, _kl, _up
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _float(F.linear(hidden, head, bias))
+    return _up(F.linear(hidden, head, bias))
 
 
 class ClosedFormChunk(torch.autograd.Function):
     """[Σ CE, Σ forward KL] over one chunk's tokens; gradients for the hidden states, head and bias only.
 
-    `teacher` is None (CE alone), ("top_k", logprobs, ids, tail_logmass) or ("dense", hidden, head, bias), its
-    log-probabilities taken at `temperature`."""
+    `teacher` is None (CE alone), or the chunk's rows of a `TopK` or `TeacherHidden`, its log-probabilities
+    taken at `temperature`."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-                teacher: tuple | None, temperature: float, smoothing: float) -> torch.Tensor:
+                teacher: TopK | TeacherHidden | None, temperature: float, smoothing: float) -> torch.Tensor:
         device = hidden.device.type
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.teacher, ctx.temperature, ctx.smoothing = teacher, temperature, smoothing
@@ -55,17 +53,14 @@ class ClosedFormChunk(torch.autograd.Function):
         if teacher is not None:
             zt = z if temperature == 1.0 else z / temperature
             lse_t = lse if temperature == 1.0 else torch.logsumexp(zt, dim=-1)
-            if teacher[0] == "top_k":
-                _, logprobs, ids, tail = teacher
-                p = _float(logprobs)
-                q = zt.gather(-1, ids) - lse_t[:, None]
-                kl = _kl_sum(p, q)
+            if isinstance(teacher, TopK):
+                ids = teacher.ids.long()
+                kl = _kl(_up(teacher.logprobs), zt.gather(-1, ids) - lse_t[:, None]).sum()
                 if ids.shape[-1] < z.shape[-1]:  # the tail bin: every token outside the teacher's k, in log space
                     log_tail = torch.logsumexp(zt.scatter_(-1, ids, -math.inf), dim=-1) - lse_t  # zt may be z: last use
-                    kl = kl + _kl_sum(_float(tail)[:, None], log_tail[:, None])
+                    kl = kl + _kl(_up(teacher.tail_logmass)[:, None], log_tail[:, None]).sum()
             else:
-                p = _dense_teacher(teacher, temperature)
-                kl = _kl_sum(p, zt - lse_t[:, None])
+                kl = _kl(teacher.logprobs(slice(None), temperature), zt - lse_t[:, None]).sum()
         ctx.save_for_backward(hidden, head, bias, labels, lse, lse_t, log_tail)
         return torch.stack([ce.sum(), kl])
 
@@ -98,39 +93,29 @@ class ClosedFormChunk(torch.autograd.Function):
         return grad_hidden, grad_head, grad_bias, None, None, None, None
 
 
-def _kl_sum(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Σ over tokens and bins of p·(log p − log q) from log-probabilities; bins without teacher mass add 0."""
-    return torch.where(p > -math.inf, p.exp() * (p - q), torch.zeros((), dtype=p.dtype, device=p.device)).sum()
-
-
-def _dense_teacher(teacher: tuple, temperature: float) -> torch.Tensor:
-    _, hidden, head, bias = teacher
-    return torch.log_softmax(_float(F.linear(hidden, head, bias)) / temperature, dim=-1)
-
-
-def _kl_gradient(s_t: torch.Tensor, teacher: tuple, temperature: float, log_tail: torch.Tensor | None,
+def _kl_gradient(s_t: torch.Tensor, teacher: TopK | TeacherHidden, temperature: float, log_tail: torch.Tensor | None,
                  c: torch.Tensor, base: torch.Tensor) -> None:
     """Turn s_t = softmax(z / T) into base·s_t + c·T·d KL / d z, in place (base > 0 when s_t is also the CE's
     softmax, at T = 1)."""
-    if teacher[0] == "dense":
-        p = _dense_teacher(teacher, temperature).exp()
+    if isinstance(teacher, TeacherHidden):
+        p = teacher.logprobs(slice(None), temperature).exp()
         s_t.mul_((base + c * p.sum(-1))[:, None]).sub_(c * p)
         return
-    _, logprobs, ids, tail = teacher
-    p = _float(logprobs).exp().to(s_t.dtype)  # summed in the logits' precision, as autograd sums the terms
+    ids, tail = teacher.ids.long(), _up(teacher.tail_logmass)
+    p = _up(teacher.logprobs).exp().to(s_t.dtype)  # summed in the logits' precision, as autograd sums the terms
     mass = p.sum(-1)
     kept = s_t.gather(-1, ids)
     outside = base + c * mass
     if log_tail is not None:
-        p_tail = _float(tail).exp().to(s_t.dtype)
+        p_tail = tail.exp().to(s_t.dtype)
         mass = mass + p_tail
-        ratio = torch.where(p_tail > 0, (_float(tail) - log_tail).exp(), torch.zeros_like(p_tail))
+        ratio = torch.where(p_tail > 0, (tail - log_tail).exp(), torch.zeros_like(p_tail))
         outside = base + c * (mass - ratio)
     s_t.mul_(outside[:, None])
     s_t.scatter_(-1, ids, kept * (base + c * mass)[:, None] - c * p)
 
 
 def closed_form_sums(hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-                     teacher: tuple | None, temperature: float, smoothing: float) -> torch.Tensor:
+                     teacher: TopK | TeacherHidden | None, temperature: float, smoothing: float) -> torch.Tensor:
     """[Σ CE, Σ forward KL] of one chunk, differentiable with respect to hidden, head and bias."""
     return ClosedFormChunk.apply(hidden, head, bias, labels, teacher, temperature, smoothing)

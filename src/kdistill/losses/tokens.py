@@ -28,7 +28,6 @@ checkpointed graph: their gradient has a closed form (kdistill.losses.closed_for
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -36,24 +35,17 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from kdistill.losses.closed_form import closed_form_sums
+from kdistill.losses.token_sides import TeacherHidden, TokenStates, TopK, _kl, _up
+
+__all__ = ["TeacherHidden", "TokenStates", "TopK", "binned", "forward_kl", "generalized_jsd", "reverse_kl", "skew_kl",
+           "skew_reverse_kl", "token_terms", "top_k_of", "total_variation"]
 
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """KL(A ‖ B) per row from log-probabilities; bins where A has no mass add 0 (0 · log 0 = 0)."""
-    term = torch.where(a > -math.inf, a.exp() * (a - b), torch.zeros((), dtype=a.dtype, device=a.device))
-    return term.sum(-1)
 
 
 def _mix(a: torch.Tensor, b: torch.Tensor, weight_a: float) -> torch.Tensor:
     """log(w · A + (1 − w) · B) from log-probabilities."""
     return torch.logsumexp(torch.stack([a + math.log(weight_a), b + math.log1p(-weight_a)]), dim=0)
-
-
-def _up(t: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision inputs; float64 stays float64 (the tests compute in it)."""
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def forward_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -97,21 +89,6 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return 0.5 * (p.exp() - q.exp()).abs().sum(-1)
 
 
-@dataclass
-class TopK:
-    """A teacher's next-token distribution kept as its k most likely tokens: log-probabilities (N, k),
-    token ids (N, k) and the log of the mass left outside them (N,), all at `temperature` (the loss must use
-    the same one: the tail's mass at another temperature cannot be recovered from it)."""
-
-    logprobs: torch.Tensor
-    ids: torch.Tensor
-    tail_logmass: torch.Tensor
-    temperature: float = 1.0
-
-    def rows(self, index: torch.Tensor | slice) -> "TopK":
-        return TopK(self.logprobs[index], self.ids[index], self.tail_logmass[index], self.temperature)
-
-
 def top_k_of(logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopK:
     """The top-k form of dense logits (N, V) at `temperature`; k = V keeps every token (empty tail)."""
     logprobs = torch.log_softmax(_up(logits) / temperature, dim=-1)
@@ -134,36 +111,6 @@ def binned(student_logprobs: torch.Tensor, teacher: TopK) -> tuple[torch.Tensor,
     return torch.cat([p, _up(teacher.tail_logmass)[:, None]], -1), torch.cat([q, q_tail[:, None]], -1)
 
 
-@dataclass
-class TeacherHidden:
-    """A live teacher's final hidden states (N, d) at the positions being scored and its output head: the
-    teacher's logits are made chunk by chunk, never for all tokens at once. Constants (no graph)."""
-
-    hidden: torch.Tensor
-    head: torch.Tensor
-    head_bias: torch.Tensor | None = None
-
-    def logits(self, index: slice) -> torch.Tensor:
-        return F.linear(self.hidden[index], self.head, self.head_bias)
-
-
-@dataclass
-class TokenStates:
-    """The student's side of a causal-LM loss, at the N positions that are scored (their next token is a
-    label): final hidden states (N, d) with their graph, the output head's weight (V, d) and bias, the
-    next tokens (N,), and the chunk size (tokens per piece of the loss)."""
-
-    hidden: torch.Tensor
-    head: torch.Tensor
-    labels: torch.Tensor
-    head_bias: torch.Tensor | None = None
-    chunk: int = 1024
-
-    @property
-    def tokens(self) -> int:
-        return int(self.labels.shape[0])
-
-
 def _chunk_sums(student: TokenStates, teacher: TopK | TeacherHidden | None, divergence: Divergence | None,
                 temperature: float, label_smoothing: float, index: slice, hidden: torch.Tensor,
                 head: torch.Tensor) -> torch.Tensor:
@@ -177,19 +124,9 @@ def _chunk_sums(student: TokenStates, teacher: TopK | TeacherHidden | None, dive
     if isinstance(teacher, TopK):
         p, q = binned(q_all, teacher.rows(index))
     else:
-        p = torch.log_softmax(_up(teacher.logits(index)) / temperature, dim=-1)
+        p = teacher.logprobs(index, temperature)
         q = q_all
     return torch.stack([ce, divergence(p, q).sum()])
-
-
-def _closed_form_teacher(teacher: TopK | TeacherHidden | None, index: slice) -> tuple | None:
-    """One chunk's teacher in the form kdistill.losses.closed_form takes."""
-    if teacher is None:
-        return None
-    if isinstance(teacher, TopK):
-        rows = teacher.rows(index)
-        return ("top_k", rows.logprobs, rows.ids.long(), rows.tail_logmass)
-    return ("dense", teacher.hidden[index], teacher.head, teacher.head_bias)
 
 
 def token_terms(student: TokenStates, teacher: TopK | TeacherHidden | None, divergence: Divergence | None, *,
@@ -215,7 +152,7 @@ def token_terms(student: TokenStates, teacher: TopK | TeacherHidden | None, dive
         index = slice(start, min(start + student.chunk, student.tokens))
         if fast:
             sums.append(closed_form_sums(student.hidden[index], student.head, student.head_bias, student.labels[index],
-                                         _closed_form_teacher(teacher, index), temperature, label_smoothing))
+                                         None if teacher is None else teacher.rows(index), temperature, label_smoothing))
             continue
         fn = lambda h, w, index=index: _chunk_sums(student, teacher, divergence, temperature, label_smoothing, index, h, w)
         if torch.is_grad_enabled() and (student.hidden.requires_grad or student.head.requires_grad):
