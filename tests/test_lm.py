@@ -507,6 +507,38 @@ def test_on_policy_batches_are_the_students_continuations_of_the_prompts(lm_teac
     assert 0.4 < sum(s == 1 for s in shares) / 400 < 0.6
 
 
+def test_an_on_policy_batch_is_scored_by_the_divergence_alone_and_other_batches_keep_the_label_term(lm_teacher, lm_base,
+                                                                                                     tmp_path):
+    """The student's own continuations are no targets: their loss is (1 − α) · KL(teacher ‖ student) over the
+    generated positions (an explicit per-token loop here); the data's and the teacher's continuations keep α · CE."""
+    import torch.nn.functional as F
+
+    from kdistill.lm.models import load_causal_lm
+    from kdistill.lm.policy import GENERATED, Generation
+    from kdistill.methods import build_method
+
+    teacher, tok, batch = _blocks_batch(lm_teacher)
+    student, _ = load_causal_lm(lm_base, "student")
+    data = load_lm_splits(LMDataConfig(**DATA), tok)
+    trainer = _trainer(tmp_path, student, teacher, build_method("forward_kl", {"alpha": 0.3}), data)
+    for source, policy in ((1, Generation(1.0, False, 8, 1.0, 3)), (2, Generation(0.0, True, 8, 0.0, 3)),
+                           (0, Generation(0.0, False, 8, 1.0, 3))):
+        written = policy.apply(batch, student, teacher, step=5, eos_id=tok.eos_token_id)
+        assert written[GENERATED] == source
+        loss = trainer.compute_loss(student, dict(written))
+        with torch.no_grad():
+            s_logp = F.log_softmax(student(input_ids=written["input_ids"]).logits.double(), -1)
+            t_logp = F.log_softmax(teacher(input_ids=written["input_ids"]).logits.double(), -1)
+        kl = ce = 0.0
+        scored = [(b, t) for b in range(4) for t in range(written["labels"].shape[1]) if written["labels"][b, t] != IGNORE]
+        for b, t in scored:
+            kl += float((t_logp[b, t].exp() * (t_logp[b, t] - s_logp[b, t])).sum())
+            ce -= float(s_logp[b, t, written["labels"][b, t]])
+        kl, ce = kl / len(scored), ce / len(scored)
+        expected = 0.7 * kl if source == 1 else 0.3 * ce + 0.7 * kl
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-4), source
+
+
 def test_on_policy_distillation_runs_from_the_cli_and_logs_its_share(lm_teacher, tmp_path, capsys):
     cfg = lm_config(tmp_path, lm_teacher, method="jsd", beta=0.5, on_policy=0.5, prompt_tokens=8)
     assert main(["distill", str(write_yaml(tmp_path / "d.yaml", cfg)), "-q"]) == 0

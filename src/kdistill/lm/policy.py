@@ -2,9 +2,10 @@
 
 GKD (Agarwal et al., ICLR 2024): with probability λ (`distill.on_policy`) a batch's continuations are
 sampled from the *student* given the batch's prompts, and the divergence to the teacher is taken on those
-tokens, so the student learns on the sequences it will itself produce (no train/inference mismatch).
+tokens, so the student learns on the sequences it will itself produce (no train/inference mismatch). Those
+batches have no label term (the trainer marks their tokens unlabelled): they are the student's own samples.
 Sequence-level KD (Kim & Rush 2016; `distill.sequence_kd: true`): the other batches' continuations are the
-*teacher's* generations instead of the data's. Both need the live teacher (a cache holds the teacher's
+*teacher's* generations instead of the data's, and their CE term is the Kim & Rush objective. Both need the live teacher (a cache holds the teacher's
 outputs on the data's tokens only).
 
 On packed blocks, a block's prompt is its first `prompt_tokens` tokens and its continuation the remaining
@@ -22,7 +23,8 @@ import torch
 
 from kdistill.lm.data import IGNORE
 
-GENERATED = "generated_by"  # batch key: 0 data, 1 student (on-policy), 2 teacher (sequence KD)
+GENERATED = "generated_by"  # batch key: who wrote the continuations
+DATA_WROTE, STUDENT_WROTE, TEACHER_WROTE = 0, 1, 2  # the data, the student (on-policy), the teacher (sequence KD)
 
 
 @dataclass
@@ -43,8 +45,8 @@ class Generation:
         """Who writes the continuations of the batch at `step`: 0 the data, 1 the student, 2 the teacher."""
         draw = torch.rand((), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + step)).item()
         if draw < self.on_policy:
-            return 1
-        return 2 if self.sequence_kd else 0
+            return STUDENT_WROTE
+        return TEACHER_WROTE if self.sequence_kd else DATA_WROTE
 
     def continue_blocks(self, model: Any, input_ids: torch.Tensor, step: int, eos_id: int) -> torch.Tensor:
         """`input_ids` (B, L) with everything after the prompt replaced by `model`'s continuation of it."""
@@ -64,9 +66,9 @@ class Generation:
     def apply(self, batch: dict[str, Any], student: Any, teacher: Any, step: int, eos_id: int) -> dict[str, Any]:
         """The batch at `step`, its continuations rewritten by the student or the teacher when the draw says so."""
         source = self.source(step)
-        if source == 0:
-            return batch | {GENERATED: 0}
-        ids = self.continue_blocks(student if source == 1 else teacher, batch["input_ids"], step, eos_id)
+        if source == DATA_WROTE:
+            return batch | {GENERATED: DATA_WROTE}
+        ids = self.continue_blocks(student if source == STUDENT_WROTE else teacher, batch["input_ids"], step, eos_id)
         labels = torch.full_like(ids, IGNORE)
         start = self.prompt_tokens - 1  # the position whose next token is the first generated one
         labels[:, start:-1] = ids[:, start + 1 :]

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from kdistill.lm.data import IGNORE, Blocks
 from kdistill.lm.evaluate import metrics_of, score_blocks
 from kdistill.lm.models import final_hidden, head_of
-from kdistill.lm.policy import GENERATED, Generation
+from kdistill.lm.policy import GENERATED, STUDENT_WROTE, Generation
 from kdistill.losses.tokens import TeacherHidden, TokenStates, TopK
 from kdistill.methods import Method
 from kdistill.text.guard import MethodTrainer
@@ -104,14 +104,15 @@ class TokenTrainer(MethodTrainer):
         mask = labels != IGNORE
         hidden = final_hidden(model, inputs["input_ids"])
         head, bias = head_of(model)
-        student = TokenStates(hidden[mask], head, labels[mask], bias, chunk=self.chunk_tokens)
+        student = TokenStates(hidden[mask], head, labels[mask], bias, chunk=self.chunk_tokens,
+                              labeled=source != STUDENT_WROTE)  # the student's own samples are no targets
         self.method.train(model.training)
         terms = self.method(None, student, self._teacher_side(inputs, mask))
         loss = sum(terms.values())
         if model.training:  # logged means weighted by scored tokens, as the loss is
             self.record_terms(terms, weight=student.tokens)
             if source is not None:  # logged as the share of batches the student wrote (`on_policy` in metrics.jsonl)
-                self.record_terms({"on_policy": torch.tensor(float(source == 1))}, weight=1.0)
+                self.record_terms({"on_policy": torch.tensor(float(source == STUDENT_WROTE))}, weight=1.0)
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if num_items_in_batch is not None:
             count = num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch

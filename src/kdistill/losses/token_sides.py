@@ -61,13 +61,16 @@ class TeacherHidden:
 class TokenStates:
     """The student's side of a causal-LM loss, at the N positions that are scored (their next token is a
     label): final hidden states (N, d) with their graph, the output head's weight (V, d) and bias, the
-    next tokens (N,), and the chunk size (tokens per piece of the loss)."""
+    next tokens (N,), and the chunk size (tokens per piece of the loss). `labeled` is False when the next tokens
+    are the student's own samples (on-policy continuations): they are positions to score, not targets, so a
+    method adds no label term for them."""
 
     hidden: torch.Tensor
     head: torch.Tensor
     labels: torch.Tensor
     head_bias: torch.Tensor | None = None
     chunk: int = 1024
+    labeled: bool = True
 
     @property
     def tokens(self) -> int:

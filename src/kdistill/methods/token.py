@@ -3,7 +3,11 @@
 A token method receives the student's `TokenStates` (final hidden states at the scored positions and the
 output head) and the teacher's tokens (`TeacherHidden` from a live teacher, or `TopK` from the offline
 cache), and returns {"ce": alpha · CE, name: (1 − alpha) · T² · divergence}, both means over the scored
-tokens, computed in bounded chunks by `kdistill.losses.tokens.token_terms`. A new divergence is one file:
+tokens, computed in bounded chunks by `kdistill.losses.tokens.token_terms`. On continuations the student
+sampled itself (on-policy batches, `TokenStates.labeled` False) there is no label term: CE on one's own
+samples has an expected gradient of zero at temperature 1 and sharpens the student toward its own guesses at
+any other, so the divergence alone, at its (1 − alpha) weight, is the loss (GKD's on-policy objective). A new
+divergence is one file:
 
     @register
     class MyDivergence(TokenMethod):
@@ -47,7 +51,7 @@ class TokenMethod(Method):
         p = self.params
         ce, value = token_terms(student_logits, teacher_logits if self.needs_teacher else None, self.divergence,
                                 temperature=p.temperature)
-        terms = {"ce": p.alpha * ce} if p.alpha > 0 else {}
+        terms = {"ce": p.alpha * ce} if p.alpha > 0 and student_logits.labeled else {}
         if self.needs_teacher:
             terms[self.name] = (1.0 - p.alpha) * (p.temperature ** 2 if p.t_squared else 1.0) * value
         return terms
