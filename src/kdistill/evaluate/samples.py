@@ -1,4 +1,4 @@
-"""Labelled evaluation samples in the form a model takes: image tensors, or tokenised text.
+"""Labelled evaluation samples in the form a model takes: image tensors, tokenised text, or a causal LM's blocks.
 
 `export` and `compare` run every form of a model (PyTorch, ONNX fp32, int8) on the same samples;
 these classes give them batches, a batch-1 example for latency and a larger batch for throughput,
@@ -67,3 +67,26 @@ class TextSamples:
         lengths = [len(e["input_ids"]) for e in self.encodings]
         median = statistics.median_low(lengths)
         return self._pad([self.encodings[lengths.index(median)]])
+
+
+class BlockSamples:
+    """A causal LM's packed blocks (input_ids (N, L)) with their next-token labels (N, L; -100 where a position is
+    not scored), so that `accuracy` of the (N, L, vocabulary) logits is top-1 next-token accuracy."""
+
+    def __init__(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        self.input_ids, self.labels = input_ids, labels
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batches(self, size: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+        """Few blocks at a time: each block's logits are L × vocabulary floats."""
+        for start in range(0, len(self), size):
+            yield self._rows(start, start + size)
+
+    def first(self, n: int) -> dict[str, torch.Tensor]:
+        return self._rows(0, n)
+
+    def _rows(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        ids = self.input_ids[start:stop].contiguous()
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

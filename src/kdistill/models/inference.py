@@ -25,10 +25,12 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor | ImageFiles, batch_si
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of rows whose argmax equals the label."""
-    if labels.numel() == 0:
+    """Fraction of rows whose argmax equals the label, over the rows with a label (negative labels, such as a
+    causal LM's -100 on unscored positions, are not counted)."""
+    scored = labels >= 0
+    if not bool(scored.any()):
         return float("nan")
-    return float((logits.argmax(-1) == labels).float().mean())
+    return float((logits.argmax(-1) == labels)[scored].float().mean())
 
 
 def onnx_session(path: Path, threads: int | None = None, gpu: bool = False, remedy: str = "export again"):

@@ -58,8 +58,9 @@ class CausalLMTask(Task):
         return compare_lm_runs(runs, **options)
 
     def export_source(self, run_dir: Path, verify_split: str, data_overrides: dict[str, Any] | None) -> ExportSource:
-        raise KdistillError(f"{run_dir}: kdistill export does not export causal LMs yet; the run directory is a Hugging "
-                            "Face folder (AutoModelForCausalLM.from_pretrained loads it, and optimum or llama.cpp convert it)")
+        from kdistill.lm.deploy import lm_export_source
+
+        return lm_export_source(run_dir, verify_split, data_overrides)
 
     def table(self, rows: list[dict[str, Any]]) -> str:
         from kdistill.lm.report import lm_table
